@@ -1,0 +1,149 @@
+// Package config holds what every Parley binary configures the same way:
+// flags with PARLEY_* environment fallbacks, and the NATS connection.
+package config
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// EnvName is the environment variable that backs a flag: --nats-creds is
+// PARLEY_NATS_CREDS.
+func EnvName(flagName string) string {
+	return "PARLEY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Parse parses args into fs, then fills every flag not given on the command
+// line from its PARLEY_* variable. Precedence: flag, environment, default.
+func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+// NATS is how a component reaches an external NATS cluster.
+type NATS struct {
+	URLs     string // comma-separated; empty means "embed a server" where a component can
+	Creds    string // .creds file (JWT + nkey seed)
+	NKeyFile string // nkey seed file
+	User     string
+	Password string
+	Token    string
+	TLSCA    string
+	TLSCert  string
+	TLSKey   string
+	Name     string // connection name shown by the server
+}
+
+// Register adds the NATS flags to fs.
+func (n *NATS) Register(fs *flag.FlagSet) {
+	fs.StringVar(&n.URLs, "nats", "", "NATS server URL(s), comma-separated; empty: run an embedded server (dev mode)")
+	fs.StringVar(&n.Creds, "nats-creds", "", "NATS credentials file (.creds)")
+	fs.StringVar(&n.NKeyFile, "nats-nkey", "", "NATS nkey seed file")
+	fs.StringVar(&n.User, "nats-user", "", "NATS user")
+	fs.StringVar(&n.Password, "nats-password", "", "NATS password")
+	fs.StringVar(&n.Token, "nats-token", "", "NATS token")
+	fs.StringVar(&n.TLSCA, "nats-tls-ca", "", "CA certificate file to verify the NATS servers")
+	fs.StringVar(&n.TLSCert, "nats-tls-cert", "", "client certificate file for NATS mutual TLS")
+	fs.StringVar(&n.TLSKey, "nats-tls-key", "", "client key file for NATS mutual TLS")
+}
+
+// AuthConfigured reports whether any NATS credential is set.
+func (n NATS) AuthConfigured() bool {
+	return n.Creds != "" || n.NKeyFile != "" || n.User != "" || n.Token != "" || n.TLSCert != ""
+}
+
+// Options turns the settings into nats.go options. Reconnection is unlimited
+// with jitter: components must outlive a NATS rolling restart.
+func (n NATS) Options(log *slog.Logger) ([]nats.Option, error) {
+	opts := []nats.Option{
+		nats.Name(n.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(false),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Error("nats async error", "subject", subject, "err", err)
+		}),
+	}
+	if n.Creds != "" {
+		opts = append(opts, nats.UserCredentials(n.Creds))
+	}
+	if n.NKeyFile != "" {
+		o, err := nats.NkeyOptionFromSeed(n.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if n.User != "" {
+		opts = append(opts, nats.UserInfo(n.User, n.Password))
+	}
+	if n.Token != "" {
+		opts = append(opts, nats.Token(n.Token))
+	}
+	if n.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(n.TLSCA))
+	}
+	if n.TLSCert != "" || n.TLSKey != "" {
+		if n.TLSCert == "" || n.TLSKey == "" {
+			return nil, fmt.Errorf("nats mutual TLS needs both --nats-tls-cert and --nats-tls-key")
+		}
+		opts = append(opts, nats.ClientCert(n.TLSCert, n.TLSKey))
+	}
+	return opts, nil
+}
+
+// Connect dials the configured URLs.
+func (n NATS) Connect(url string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	opts, err := n.Options(log)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// ReadFileFlag reads a file named by a flag, saying which flag on failure.
+func ReadFileFlag(flagName, path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flagName, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,379 @@
+package edge
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/parley-mesh/parley/internal/auth"
+	"github.com/parley-mesh/parley/internal/protocol"
+)
+
+// Conn is one WebSocket client: a reader (the HTTP handler's goroutine) that
+// handles requests in order, and a writer goroutine that drains the outbox,
+// coalescing everything queued into one frame.
+type Conn struct {
+	id    uint64
+	e     *Edge
+	ws    *websocket.Conn
+	ident *auth.Identity
+	log   *slog.Logger
+	out   *outbox
+
+	// rooms is touched only by the reader goroutine, and after it ends.
+	rooms map[string]*room
+	// personal are the DM and broadcast topics every connection is in.
+	personal []*room
+
+	reqLimit *rate.Limiter
+	pubLimit *rate.Limiter
+	strikes  int // policy strikes in the current window (reader only)
+	strikeAt time.Time
+
+	inflight atomic.Int32 // publishes awaiting their JetStream ack
+	pubs     sync.WaitGroup
+	draining atomic.Bool
+
+	closeOnce sync.Once
+	closeCode int
+	closeText string
+	closing   chan struct{} // closed when the connection must end
+	done      chan struct{} // closed when the writer has finished
+}
+
+func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn {
+	cfg := &e.cfg
+	return &Conn{
+		id:       id,
+		e:        e,
+		ws:       ws,
+		ident:    ident,
+		log:      e.log.With("conn", id, "user", ident.User),
+		out:      newOutbox(cfg.MaxQueuedMsgs, cfg.MaxQueuedBytes),
+		rooms:    make(map[string]*room),
+		reqLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
+		pubLimit: rate.NewLimiter(rate.Limit(cfg.PublishRate), cfg.PublishBurst),
+		closing:  make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+}
+
+// deliver queues a frame; a full queue makes this a slow consumer.
+func (c *Conn) deliver(frame []byte) {
+	if ok, overflow := c.out.push(frame); !ok && overflow {
+		c.close(protocol.CloseSlowConsumer, "slow consumer: outbound queue overflowed; reconnect and resume with since")
+	}
+}
+
+// close ends the connection with a code; the first call wins. The writer
+// sends what is queued (unless the queue overflowed), then the close frame.
+func (c *Conn) close(code int, text string) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeText = code, text
+		c.out.close()
+		close(c.closing)
+	})
+}
+
+// serve runs the connection until it ends; it is called on the HTTP
+// handler's goroutine, which becomes the reader.
+func (c *Conn) serve() {
+	go c.writeLoop()
+	c.joinPersonal()
+	err := c.readLoop()
+	if err != nil && !isExpectedClose(err) {
+		c.log.Debug("read ended", "err", err)
+	}
+	c.close(websocket.CloseNormalClosure, "")
+	<-c.done
+	for _, r := range c.rooms {
+		c.e.hub.Leave(r, c)
+	}
+	c.e.metrics.Subscriptions.Sub(float64(len(c.rooms)))
+	for _, r := range c.personal {
+		c.e.hub.Leave(r, c)
+	}
+	c.rooms = nil
+}
+
+// joinPersonal puts the connection in its user's DM topic and the broadcast
+// topic: these start live, there is nothing to resume.
+func (c *Conn) joinPersonal() {
+	for _, topic := range []string{dmTopic(c.ident.User), broadcastTopic} {
+		r, err := c.e.hub.Join(topic, c, c.e.cfg.MaxQueuedMsgs)
+		if err != nil {
+			c.log.Warn("join personal topic", "topic", topic, "err", err)
+			c.close(protocol.CloseShuttingDown, "edge cannot reach NATS; reconnect")
+			return
+		}
+		c.personal = append(c.personal, r)
+		r.start(c, 0, nil)
+	}
+}
+
+func isExpectedClose(err error) bool {
+	return websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) ||
+		errors.Is(err, io.EOF) || errors.Is(err, websocket.ErrCloseSent)
+}
+
+func (c *Conn) readLoop() error {
+	cfg := &c.e.cfg
+	c.ws.SetReadLimit(int64(cfg.HardFrameLimit))
+	deadline := func() { _ = c.ws.SetReadDeadline(time.Now().Add(cfg.ReadTimeout)) }
+	deadline()
+	c.ws.SetPongHandler(func(string) error { deadline(); return nil })
+	for {
+		mt, rd, err := c.ws.NextReader()
+		if err != nil {
+			return err
+		}
+		deadline()
+		frame, err := io.ReadAll(io.LimitReader(rd, int64(cfg.MaxFrameBytes)+1))
+		if err != nil {
+			return err
+		}
+		size := len(frame)
+		if size > cfg.MaxFrameBytes {
+			// Keep the connection: discard the rest (bounded by the hard
+			// limit, past which the read fails with 1009) and say why.
+			n, err := io.Copy(io.Discard, rd)
+			if err != nil {
+				return err
+			}
+			size += int(n)
+		}
+		c.e.metrics.FramesIn.Inc()
+		c.e.metrics.BytesIn.Add(float64(size))
+		switch {
+		case mt != websocket.TextMessage:
+			c.replyErr(0, fmt.Errorf("%w: binary frames are not supported; send JSON in text frames", protocol.ErrBadRequest))
+		case size > cfg.MaxFrameBytes:
+			c.replyErr(0, fmt.Errorf("%w: frame of %d bytes exceeds the limit of %d", protocol.ErrTooLarge, size, cfg.MaxFrameBytes))
+			c.strike()
+		default:
+			protocol.SplitFrame(frame, c.handle)
+		}
+		select {
+		case <-c.closing:
+			return nil
+		default:
+		}
+	}
+}
+
+// strike counts abuse; too much in one window ends the connection.
+func (c *Conn) strike() {
+	now := time.Now()
+	if now.Sub(c.strikeAt) > 10*time.Second {
+		c.strikeAt, c.strikes = now, 0
+	}
+	c.strikes++
+	if c.strikes > c.e.cfg.MaxStrikes {
+		c.log.Info("closing abusive connection", "strikes", c.strikes)
+		c.close(protocol.ClosePolicyViolation, "policy violation: too many rejected requests")
+	}
+}
+
+func (c *Conn) handle(line []byte) {
+	var req protocol.Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		c.replyErr(req.ID, fmt.Errorf("%w: malformed request: %s", protocol.ErrBadRequest, jsonProblem(err)))
+		c.count("invalid", protocol.CodeBadRequest)
+		return
+	}
+	if !c.reqLimit.Allow() {
+		c.replyErr(req.ID, fmt.Errorf("%w: more than %g requests per second", protocol.ErrRateLimited, c.e.cfg.RequestRate))
+		c.count(req.Op, protocol.CodeRateLimited)
+		c.strike()
+		return
+	}
+	if c.draining.Load() {
+		c.replyErr(req.ID, fmt.Errorf("%w: edge is shutting down; reconnect to another edge", protocol.ErrUnavailable))
+		return
+	}
+	var err error
+	switch req.Op {
+	case protocol.OpSub:
+		err = c.subscribe(&req)
+	case protocol.OpUnsub:
+		err = c.unsubscribe(&req)
+	case protocol.OpPub:
+		err = c.publish(&req)
+	case protocol.OpPing:
+		c.reply(protocol.Reply{ID: req.ID, OK: true})
+	case protocol.OpHistory:
+		err = c.history(&req)
+	case protocol.OpPresence:
+		err = fmt.Errorf("%w: presence is not served by this edge yet", protocol.ErrUnavailable)
+	case "":
+		err = fmt.Errorf("%w: op is required", protocol.ErrBadRequest)
+	default:
+		err = fmt.Errorf("%w: unknown op %q", protocol.ErrBadRequest, truncateOp(req.Op))
+	}
+	if err != nil {
+		c.replyErr(req.ID, err)
+		c.count(req.Op, protocol.ErrorReply(0, err).Error.Code)
+		return
+	}
+	if req.Op != protocol.OpPub { // a pub is counted when its ack arrives
+		c.count(req.Op, "ok")
+	}
+}
+
+func (c *Conn) count(op string, result protocol.Code) {
+	switch op {
+	case protocol.OpSub, protocol.OpUnsub, protocol.OpPub, protocol.OpPing, protocol.OpHistory, protocol.OpPresence:
+	default:
+		op = "invalid" // never let clients mint label values
+	}
+	c.e.metrics.Requests.WithLabelValues(op, string(result)).Inc()
+}
+
+func truncateOp(op string) string {
+	if len(op) > 32 {
+		return op[:32] + "…"
+	}
+	return op
+}
+
+// jsonProblem keeps decoder errors short and free of the client's bytes.
+func jsonProblem(err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("invalid JSON at byte %d", syn.Offset)
+	case errors.As(err, &typ):
+		return fmt.Sprintf("field %q must be %s", typ.Field, typ.Type)
+	}
+	return "not a JSON object"
+}
+
+func (c *Conn) reply(r protocol.Reply) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		c.log.Error("encode reply", "err", err)
+		return
+	}
+	c.deliver(b)
+}
+
+func (c *Conn) replyErr(id int64, err error) {
+	if errors.Is(err, protocol.ErrInternal) || protocol.ErrorReply(0, err).Error.Code == protocol.CodeInternal {
+		c.log.Error("request failed", "err", err)
+	}
+	c.reply(protocol.ErrorReply(id, err))
+}
+
+// writeLoop sends queued frames, several per WebSocket message when the
+// client is behind, and keeps the connection alive with pings.
+func (c *Conn) writeLoop() {
+	defer close(c.done)
+	defer c.ws.Close()
+	cfg := &c.e.cfg
+	ping := time.NewTicker(cfg.PingInterval)
+	defer ping.Stop()
+	var batch [][]byte
+	for {
+		select {
+		case <-c.out.wake:
+			batch = c.out.take(batch)
+			if err := c.writeBatch(batch); err != nil {
+				c.close(websocket.CloseAbnormalClosure, "")
+				c.log.Debug("write failed", "err", err)
+				return
+			}
+			clear(batch)
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteTimeout)); err != nil {
+				c.close(websocket.CloseAbnormalClosure, "")
+				return
+			}
+		}
+		select {
+		case <-c.closing:
+			c.finish()
+			return
+		default:
+		}
+	}
+}
+
+// finish flushes what is queued (unless the client was too slow for it),
+// then says goodbye with the close code.
+func (c *Conn) finish() {
+	if c.closeCode != protocol.CloseSlowConsumer && c.closeCode != websocket.CloseAbnormalClosure {
+		_ = c.writeBatch(c.out.take(nil))
+	}
+	if c.closeCode == websocket.CloseAbnormalClosure {
+		return
+	}
+	reason := c.closeText
+	if len(reason) > 120 { // control frames carry at most 125 bytes
+		reason = reason[:120]
+	}
+	msg := websocket.FormatCloseMessage(c.closeCode, reason)
+	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.e.cfg.WriteTimeout))
+	c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
+}
+
+func closeReason(code int) string {
+	switch code {
+	case protocol.CloseSlowConsumer:
+		return "slow_consumer"
+	case protocol.CloseTokenExpired:
+		return "token_expired"
+	case protocol.CloseShuttingDown:
+		return "shutdown"
+	case protocol.ClosePolicyViolation:
+		return "policy"
+	case websocket.CloseNormalClosure:
+		return "client"
+	}
+	return "error"
+}
+
+var newline = []byte{protocol.Separator}
+
+// writeBatch writes frames as few WebSocket messages as the frame limit
+// allows: one syscall-sized write for many small pushes.
+func (c *Conn) writeBatch(frames [][]byte) error {
+	cfg := &c.e.cfg
+	for len(frames) > 0 {
+		_ = c.ws.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
+		w, err := c.ws.NextWriter(websocket.TextMessage)
+		if err != nil {
+			return err
+		}
+		size := 0
+		n := 0
+		for n < len(frames) && (n == 0 || size+1+len(frames[n]) <= cfg.MaxOutFrameBytes) {
+			if n > 0 {
+				if _, err := w.Write(newline); err != nil {
+					return err
+				}
+				size++
+			}
+			if _, err := w.Write(frames[n]); err != nil {
+				return err
+			}
+			size += len(frames[n])
+			n++
+		}
+		if err := w.Close(); err != nil {
+			return err
+		}
+		c.e.metrics.FramesOut.Inc()
+		c.e.metrics.BytesOut.Add(float64(size))
+		frames = frames[n:]
+	}
+	return nil
+}

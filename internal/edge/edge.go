@@ -1,0 +1,460 @@
+// Package edge is Parley's WebSocket ⇄ NATS bridge: it authenticates clients,
+// maps rooms to subjects, publishes into JetStream and fans stored messages
+// out to local connections with one NATS subscription per topic.
+//
+// Files: edge.go (the Edge and its HTTP surface), conn.go (one connection's
+// lifecycle), outbox.go (its bounded queue), hub.go and room.go (who is
+// subscribed to what), feed.go (the NATS side of the hub), requests.go (the
+// protocol ops), publish.go (the JetStream publish path).
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/parley-mesh/parley/internal/auth"
+	"github.com/parley-mesh/parley/internal/metrics"
+	"github.com/parley-mesh/parley/internal/protocol"
+	pjs "github.com/parley-mesh/parley/jetstream"
+)
+
+// Config is everything an edge is told. Zero values take the defaults of
+// DefaultConfig.
+type Config struct {
+	// Listen is the HTTP address serving /ws, /metrics, /healthz, /readyz.
+	Listen string
+	// Insecure accepts ?user=NAME without a token (dev mode only).
+	Insecure bool
+	// Auth holds the JWT keys; when empty only insecure mode can connect.
+	Auth auth.Config
+	// AllowedOrigins lists the browser origins allowed to connect
+	// (scheme://host[:port]); "*" allows any. Empty: same host only.
+	// Clients that send no Origin header (non-browsers) are always allowed.
+	AllowedOrigins []string
+	// Stream configures the chat stream the edge provisions at start.
+	Stream pjs.StreamOptions
+
+	MaxConnections       int           // 0: unlimited
+	MaxFrameBytes        int           // a larger client frame gets too_large and is discarded
+	HardFrameLimit       int           // a larger client frame closes the connection (1009)
+	MaxOutFrameBytes     int           // coalesced pushes per outgoing message
+	MaxQueuedMsgs        int           // outbound queue bound (messages) before slow-consumer close
+	MaxQueuedBytes       int           // outbound queue bound (bytes)
+	MaxSubscriptions     int           // rooms per connection
+	RequestRate          float64       // requests per second per connection
+	RequestBurst         int           //
+	PublishRate          float64       // publishes per second per connection
+	PublishBurst         int           //
+	MaxInflightPublishes int           // unacked publishes per connection
+	MaxStrikes           int           // rejected requests in 10 s before a policy-violation close
+	PingInterval         time.Duration // WebSocket ping period
+	ReadTimeout          time.Duration // no frame or pong for this long ends the connection
+	WriteTimeout         time.Duration // one write may take this long
+	RequestTimeout       time.Duration // NATS requests made for a client request
+	PublishTimeout       time.Duration // wait for a JetStream ack
+	DrainTimeout         time.Duration // SIGTERM grace period
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults documented in README.md.
+func DefaultConfig() Config {
+	return Config{
+		Listen:               "127.0.0.1:8080",
+		Stream:               pjs.DefaultStreamOptions(),
+		MaxFrameBytes:        64 << 10,
+		HardFrameLimit:       1 << 20,
+		MaxOutFrameBytes:     64 << 10,
+		MaxQueuedMsgs:        4096,
+		MaxQueuedBytes:       4 << 20,
+		MaxSubscriptions:     100,
+		RequestRate:          100,
+		RequestBurst:         200,
+		PublishRate:          50,
+		PublishBurst:         100,
+		MaxInflightPublishes: 256,
+		MaxStrikes:           50,
+		PingInterval:         25 * time.Second,
+		ReadTimeout:          60 * time.Second,
+		WriteTimeout:         10 * time.Second,
+		RequestTimeout:       5 * time.Second,
+		PublishTimeout:       5 * time.Second,
+		DrainTimeout:         20 * time.Second,
+	}
+}
+
+func (c *Config) fillDefaults() {
+	d := DefaultConfig()
+	setIf := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setIf(&c.MaxFrameBytes, d.MaxFrameBytes)
+	setIf(&c.HardFrameLimit, d.HardFrameLimit)
+	setIf(&c.MaxOutFrameBytes, d.MaxOutFrameBytes)
+	setIf(&c.MaxQueuedMsgs, d.MaxQueuedMsgs)
+	setIf(&c.MaxQueuedBytes, d.MaxQueuedBytes)
+	setIf(&c.MaxSubscriptions, d.MaxSubscriptions)
+	setIf(&c.RequestBurst, d.RequestBurst)
+	setIf(&c.PublishBurst, d.PublishBurst)
+	setIf(&c.MaxInflightPublishes, d.MaxInflightPublishes)
+	setIf(&c.MaxStrikes, d.MaxStrikes)
+	if c.RequestRate <= 0 {
+		c.RequestRate = d.RequestRate
+	}
+	if c.PublishRate <= 0 {
+		c.PublishRate = d.PublishRate
+	}
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setDur(&c.PingInterval, d.PingInterval)
+	setDur(&c.ReadTimeout, d.ReadTimeout)
+	setDur(&c.WriteTimeout, d.WriteTimeout)
+	setDur(&c.RequestTimeout, d.RequestTimeout)
+	setDur(&c.PublishTimeout, d.PublishTimeout)
+	setDur(&c.DrainTimeout, d.DrainTimeout)
+	if c.HardFrameLimit < c.MaxFrameBytes {
+		c.HardFrameLimit = c.MaxFrameBytes
+	}
+	if c.Stream == (pjs.StreamOptions{}) {
+		c.Stream = d.Stream
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Edge is one edge node.
+type Edge struct {
+	cfg      Config
+	log      *slog.Logger
+	nc       *nats.Conn
+	verifier *auth.Verifier
+	registry *prometheus.Registry
+	metrics  *metrics.Edge
+	upgrader websocket.Upgrader
+
+	feed *natsFeed
+	hub  *Hub
+	pub  *publisher
+
+	listener net.Listener
+	server   *http.Server
+	serveErr chan error
+
+	nextConn atomic.Uint64
+	draining atomic.Bool
+	started  atomic.Bool
+
+	mu    sync.Mutex
+	conns map[*Conn]struct{}
+	// handlers counts connections between upgrade and full teardown, so a
+	// drain can wait for them.
+	handlers sync.WaitGroup
+}
+
+// ErrNoAuth is returned by New when nothing could authenticate a client.
+var ErrNoAuth = errors.New("no JWT key or secret configured and not in insecure mode")
+
+// New builds an edge on an established NATS connection. It does not touch
+// the network until Start.
+func New(cfg Config, nc *nats.Conn) (*Edge, error) {
+	cfg.fillDefaults()
+	e := &Edge{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		nc:       nc,
+		registry: metrics.NewRegistry(),
+		conns:    make(map[*Conn]struct{}),
+		serveErr: make(chan error, 1),
+	}
+	if cfg.Auth.Enabled() {
+		v, err := auth.NewVerifier(cfg.Auth)
+		if err != nil {
+			return nil, fmt.Errorf("jwt: %w", err)
+		}
+		e.verifier = v
+	} else if !cfg.Insecure {
+		return nil, ErrNoAuth
+	}
+	e.metrics = metrics.NewEdge(e.registry)
+	e.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "parley_edge_nats_connected", Help: "1 when the edge is connected to NATS.",
+	}, func() float64 {
+		if nc.IsConnected() {
+			return 1
+		}
+		return 0
+	}))
+	e.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "parley_edge_nats_reconnects_total", Help: "NATS reconnections of the edge's connection.",
+	}, func() float64 { return float64(nc.Stats().Reconnects) }))
+	e.upgrader = websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   4096,
+		WriteBufferSize:  4096,
+		// Idle connections hold no write buffer: it is taken per write.
+		WriteBufferPool: &sync.Pool{},
+		CheckOrigin:     e.checkOrigin,
+	}
+	return e, nil
+}
+
+// Registry is the edge's Prometheus registry (for tests and embedding).
+func (e *Edge) Registry() *prometheus.Registry { return e.registry }
+
+// Start provisions the stream, binds the listener and serves in the
+// background.
+func (e *Edge) Start(ctx context.Context) error {
+	js, err := jetstream.New(e.nc,
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncTimeout(e.cfg.PublishTimeout),
+	)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	stream, err := pjs.Provision(ctx, js, e.cfg.Stream)
+	if err != nil {
+		return fmt.Errorf("provision streams: %w", err)
+	}
+	e.feed = &natsFeed{
+		nc: e.nc, stream: stream, log: e.log,
+		dropped:     e.metrics.DroppedLive.Inc,
+		pendingMsgs: 1 << 16,
+	}
+	e.hub = NewHub(e.feed)
+	e.hub.observer = hubObserver{
+		topicOpened: e.metrics.LiveSubjects.Inc,
+		topicClosed: e.metrics.LiveSubjects.Dec,
+		delivered:   func(n int) { e.metrics.Deliveries.Add(float64(n)) },
+	}
+	e.pub = &publisher{nc: e.nc, js: js, metrics: e.metrics, timeout: e.cfg.PublishTimeout}
+
+	ln, err := net.Listen("tcp", e.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", e.cfg.Listen, err)
+	}
+	e.listener = ln
+	e.server = &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { e.serveErr <- e.server.Serve(ln) }()
+	e.started.Store(true)
+	e.log.Info("edge listening", "addr", ln.Addr().String(), "insecure", e.cfg.Insecure)
+	return nil
+}
+
+// Addr is the bound HTTP address (after Start).
+func (e *Edge) Addr() string { return e.listener.Addr().String() }
+
+// Run starts the edge, serves until ctx ends, then drains within the
+// configured grace period.
+func (e *Edge) Run(ctx context.Context) error {
+	if err := e.Start(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-e.serveErr:
+		return fmt.Errorf("http server: %w", err)
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), e.cfg.DrainTimeout)
+	defer cancel()
+	return e.Shutdown(dctx)
+}
+
+// Shutdown drains the edge: it stops accepting connections and requests,
+// waits for in-flight publishes to be acked, tells every client to reconnect
+// elsewhere (close code 4003) after flushing what it was owed, and drains the
+// NATS connection. ctx bounds the whole drain.
+func (e *Edge) Shutdown(ctx context.Context) error {
+	if !e.draining.CompareAndSwap(false, true) {
+		return nil
+	}
+	e.log.Info("draining", "connections", e.connCount())
+	// No new connections: the listener closes; /readyz already says 503.
+	shutdownErr := make(chan error, 1)
+	go func() { shutdownErr <- e.server.Shutdown(ctx) }()
+
+	conns := e.snapshot()
+	for _, c := range conns {
+		c.draining.Store(true)
+	}
+	pubsDone := make(chan struct{})
+	go func() { e.pub.inflight.Wait(); close(pubsDone) }()
+	var err error
+	select {
+	case <-pubsDone:
+	case <-ctx.Done():
+		err = fmt.Errorf("drain: publishes still in flight: %w", ctx.Err())
+	}
+	for _, c := range conns {
+		c.close(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge")
+	}
+	handlersDone := make(chan struct{})
+	go func() { e.handlers.Wait(); close(handlersDone) }()
+	select {
+	case <-handlersDone:
+	case <-ctx.Done():
+		err = errors.Join(err, fmt.Errorf("drain: connections still closing: %w", ctx.Err()))
+	}
+	if serr := <-shutdownErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	if derr := e.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		err = errors.Join(err, fmt.Errorf("drain nats: %w", derr))
+	}
+	e.log.Info("drained", "err", err)
+	return err
+}
+
+func (e *Edge) snapshot() []*Conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*Conn, 0, len(e.conns))
+	for c := range e.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (e *Edge) connCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.conns)
+}
+
+// Handler serves /ws, /metrics, /healthz and /readyz.
+func (e *Edge) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", e.serveWS)
+	mux.Handle("GET /metrics", metrics.Handler(e.registry))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case e.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case !e.started.Load():
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		case !e.nc.IsConnected():
+			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
+		default:
+			w.Write([]byte("ready\n"))
+		}
+	})
+	return mux
+}
+
+func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
+	if e.draining.Load() {
+		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
+		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is shutting down; connect to another edge")
+		return
+	}
+	if e.cfg.MaxConnections > 0 && e.connCount() >= e.cfg.MaxConnections {
+		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
+		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is full; connect to another edge")
+		return
+	}
+	ident, err := e.authenticate(r)
+	if err != nil {
+		e.metrics.ConnectsTotal.WithLabelValues("unauthorized").Inc()
+		httpError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		return
+	}
+	ws, err := e.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// The upgrader already answered with an HTTP error.
+		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
+		return
+	}
+	e.metrics.ConnectsTotal.WithLabelValues("ok").Inc()
+	c := newConn(e, e.nextConn.Add(1), ws, ident)
+
+	e.handlers.Add(1)
+	defer e.handlers.Done()
+	e.mu.Lock()
+	e.conns[c] = struct{}{}
+	e.mu.Unlock()
+	e.metrics.Connections.Inc()
+	defer func() {
+		e.mu.Lock()
+		delete(e.conns, c)
+		e.mu.Unlock()
+		e.metrics.Connections.Dec()
+	}()
+	if e.draining.Load() { // a drain started while we upgraded
+		c.draining.Store(true)
+		c.close(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge")
+	}
+	if !ident.Expires.IsZero() {
+		t := time.AfterFunc(time.Until(ident.Expires), func() {
+			c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")
+		})
+		defer t.Stop()
+	}
+	c.log.Debug("connected", "remote", r.RemoteAddr)
+	c.serve()
+	c.log.Debug("disconnected", "code", c.closeCode)
+}
+
+func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
+	if token := auth.TokenFromRequest(r); token != "" {
+		if e.verifier == nil {
+			return nil, errors.New("this edge has no JWT key configured; connect with ?user= in insecure mode")
+		}
+		return e.verifier.Verify(token)
+	}
+	if user := r.URL.Query().Get("user"); user != "" && e.cfg.Insecure {
+		if !protocol.ValidName(user) {
+			return nil, fmt.Errorf("user %q is not 1-%d characters of [A-Za-z0-9_-]", user, protocol.MaxNameLen)
+		}
+		return auth.DevIdentity(user), nil
+	}
+	if e.cfg.Insecure {
+		return nil, errors.New("missing credentials: send Authorization: Bearer <JWT>, ?token=<JWT> or (insecure mode) ?user=<name>")
+	}
+	return nil, errors.New("missing credentials: send Authorization: Bearer <JWT> or ?token=<JWT>")
+}
+
+func (e *Edge) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if slices.Contains(e.cfg.AllowedOrigins, "*") || slices.Contains(e.cfg.AllowedOrigins, origin) {
+		return true
+	}
+	if len(e.cfg.AllowedOrigins) > 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+func httpError(w http.ResponseWriter, status int, code protocol.Code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b := []byte(`{"error":{"code":"` + string(code) + `","message":`)
+	b = protocol.AppendString(b, msg)
+	w.Write(append(b, "}}\n"...))
+}

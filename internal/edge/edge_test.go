@@ -1,0 +1,552 @@
+package edge_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/parley-mesh/parley/client"
+	"github.com/parley-mesh/parley/internal/auth"
+	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/natstest"
+	"github.com/parley-mesh/parley/internal/protocol"
+	pjs "github.com/parley-mesh/parley/jetstream"
+)
+
+var testSecret = []byte("test-secret-of-reasonable-length-0123456789")
+
+// startEdge starts an edge on its own NATS connection to url; JWT (HS256
+// with testSecret) and insecure ?user= are both accepted unless mutate says
+// otherwise.
+func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
+	t.Helper()
+	cfg := edge.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Insecure = true
+	cfg.Auth = auth.Config{HMACSecret: testSecret}
+	if testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := edge.New(cfg, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.Shutdown(ctx)
+		nc.Close()
+	})
+	return e
+}
+
+func wsURL(e *edge.Edge) string { return "ws://" + e.Addr() + "/ws" }
+
+func dial(t *testing.T, e *edge.Edge, user string) *client.Client {
+	t.Helper()
+	c, err := client.Dial(t.Context(), wsURL(e), client.WithUser(user))
+	if err != nil {
+		t.Fatalf("dial as %s: %v", user, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func token(t *testing.T, user string, ttl time.Duration, grants auth.Grants) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, auth.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{Subject: user, ExpiresAt: jwt.NewNumericDate(time.Now().Add(ttl))},
+		Parley:           grants,
+	})
+	s, err := tok.SignedString(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func next(t *testing.T, c *client.Client) protocol.Msg {
+	t.Helper()
+	select {
+	case m, ok := <-c.Messages():
+		if !ok {
+			t.Fatalf("connection ended: %v", c.Err())
+		}
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message within 10s")
+	}
+	return protocol.Msg{}
+}
+
+func noMessage(t *testing.T, c *client.Client, d time.Duration) {
+	t.Helper()
+	select {
+	case m := <-c.Messages():
+		t.Fatalf("unexpected message %+v", m)
+	case <-time.After(d):
+	}
+}
+
+func subscribe(t *testing.T, c *client.Client, room string) client.SubResult {
+	t.Helper()
+	r, err := c.Subscribe(ctxT(t), room)
+	if err != nil {
+		t.Fatalf("sub %s: %v", room, err)
+	}
+	return r
+}
+
+func TestPubSubWithSeqAndDedup(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	alice, bob := dial(t, e, "alice"), dial(t, e, "bob")
+	if r := subscribe(t, bob, "lobby"); r.Seq != 0 || r.Room != "lobby" {
+		t.Fatalf("sub reply %+v", r)
+	}
+	subscribe(t, alice, "lobby")
+
+	ack, err := alice.Publish(ctxT(t), "lobby", "c-1", map[string]string{"text": "hi"})
+	if err != nil || ack.Seq != 1 || ack.Dup {
+		t.Fatalf("ack %+v err %v", ack, err)
+	}
+	for _, c := range []*client.Client{alice, bob} {
+		m := next(t, c)
+		if m.Op != "msg" || m.Room != "lobby" || m.Seq != 1 || m.MsgID != "c-1" || m.From != "alice" || string(m.Data) != `{"text":"hi"}` {
+			t.Fatalf("msg %+v data %s", m, m.Data)
+		}
+		if d := time.Since(time.UnixMilli(m.TS)); d < 0 || d > time.Minute {
+			t.Fatalf("ts %d is not the stored time", m.TS)
+		}
+	}
+	// A retry of c-1 is acked as a duplicate with the original seq and never
+	// delivered; the same msg_id from another user is a different message.
+	ack, err = alice.Publish(ctxT(t), "lobby", "c-1", map[string]string{"text": "hi"})
+	if err != nil || ack.Seq != 1 || !ack.Dup {
+		t.Fatalf("retry ack %+v err %v", ack, err)
+	}
+	ack, err = bob.Publish(ctxT(t), "lobby", "c-1", "bob's own")
+	if err != nil || ack.Seq != 2 || ack.Dup {
+		t.Fatalf("bob's ack %+v err %v", ack, err)
+	}
+	if m := next(t, alice); m.Seq != 2 || m.From != "bob" {
+		t.Fatalf("after the duplicate, alice got %+v", m)
+	}
+	// A late subscriber learns the room's position and gets what follows.
+	carol := dial(t, e, "carol")
+	if r := subscribe(t, carol, "lobby"); r.Seq != 2 {
+		t.Fatalf("carol's sub seq %d, want 2", r.Seq)
+	}
+	if _, err := alice.Publish(ctxT(t), "lobby", "", 3); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, carol); m.Seq != 3 || m.MsgID != "" {
+		t.Fatalf("carol got %+v", m)
+	}
+	// Unsubscribed: nothing more arrives.
+	if err := carol.Unsubscribe(ctxT(t), "lobby"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Publish(ctxT(t), "lobby", "c-4", 4); err != nil {
+		t.Fatal(err)
+	}
+	noMessage(t, carol, 200*time.Millisecond)
+}
+
+func TestBackendPublishReachesClients(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	alice := dial(t, e, "alice")
+	subscribe(t, alice, "ops")
+	js := natstest.JetStream(t, srv.URL())
+
+	msg := nats.NewMsg("chat.room.ops")
+	msg.Data = []byte(`{"from":"deploy-bot","data":{"version":"1.2.3"}}`)
+	msg.Header.Set(jetstream.MsgIDHeader, "deploy-42")
+	for range 2 { // the retry is deduplicated by the stream
+		if _, err := js.PublishMsg(ctxT(t), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := js.Publish(ctxT(t), "chat.room.ops", []byte("plain text from the nats CLI")); err != nil {
+		t.Fatal(err)
+	}
+	m := next(t, alice)
+	if m.Seq != 1 || m.From != "deploy-bot" || m.MsgID != "deploy-42" || string(m.Data) != `{"version":"1.2.3"}` {
+		t.Fatalf("got %+v data %s", m, m.Data)
+	}
+	m = next(t, alice)
+	if m.Seq != 2 || string(m.Data) != `"plain text from the nats CLI"` {
+		t.Fatalf("got %+v data %s", m, m.Data)
+	}
+}
+
+func TestDirectMessagesAndBroadcast(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e1 := startEdge(t, srv.URL(), nil)
+	e2 := startEdge(t, srv.URL(), nil)
+	alice := dial(t, e1, "alice")
+	bobTab1, bobTab2 := dial(t, e1, "bob"), dial(t, e2, "bob")
+	carol := dial(t, e2, "carol")
+
+	ack, err := alice.PublishDM(ctxT(t), "bob", "dm-1", "psst")
+	if err != nil || ack.Dup {
+		t.Fatalf("dm ack %+v %v", ack, err)
+	}
+	for _, c := range []*client.Client{bobTab1, bobTab2} {
+		m := next(t, c)
+		if m.To != "bob" || m.Room != "" || m.From != "alice" || string(m.Data) != `"psst"` {
+			t.Fatalf("bob got %+v", m)
+		}
+	}
+	// Broadcast from a backend reaches every connection; for carol and alice
+	// it is the first message, so the DM never reached them.
+	nc := natstest.Connect(t, srv.URL())
+	js, _ := jetstream.New(nc)
+	if _, err := js.Publish(ctxT(t), pjs.BroadcastSubject, []byte(`{"from":"ops","data":"maintenance at 5"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, bobTab1, bobTab2, carol} {
+		m := next(t, c)
+		if m.Room != "" || m.To != "" || m.From != "ops" || string(m.Data) != `"maintenance at 5"` {
+			t.Fatalf("broadcast arrived as %+v", m)
+		}
+	}
+}
+
+func TestBadInputGetsCodedErrorsAndConnectionStaysUsable(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxFrameBytes = 4096; c.MaxSubscriptions = 2 })
+	c := dial(t, e, "alice")
+	cases := []struct {
+		name string
+		req  string
+		code protocol.Code
+	}{
+		{"dot in room", `{"id":1,"op":"sub","room":"a.b"}`, protocol.CodeBadRequest},
+		{"star in room", `{"id":2,"op":"sub","room":"*"}`, protocol.CodeBadRequest},
+		{"gt in room", `{"id":3,"op":"pub","room":">","data":1}`, protocol.CodeBadRequest},
+		{"space in room", `{"id":4,"op":"sub","room":"a b"}`, protocol.CodeBadRequest},
+		{"empty room", `{"id":5,"op":"sub","room":""}`, protocol.CodeBadRequest},
+		{"long room", `{"id":6,"op":"sub","room":"` + strings.Repeat("r", 129) + `"}`, protocol.CodeBadRequest},
+		{"dot in dm user", `{"id":7,"op":"pub","to":"bob.x","data":1}`, protocol.CodeBadRequest},
+		{"control char", `{"id":8,"op":"sub","room":"a\u0000b"}`, protocol.CodeBadRequest},
+		{"unknown op", `{"id":9,"op":"dance"}`, protocol.CodeBadRequest},
+		{"missing op", `{"id":10}`, protocol.CodeBadRequest},
+		{"pub without data", `{"id":11,"op":"pub","room":"lobby"}`, protocol.CodeBadRequest},
+		{"msg_id too long", `{"id":12,"op":"pub","room":"lobby","msg_id":"` + strings.Repeat("m", 65) + `","data":1}`, protocol.CodeBadRequest},
+		{"wrong type", `{"id":13,"op":"sub","room":5}`, protocol.CodeBadRequest},
+		{"unsub not subscribed", `{"id":14,"op":"unsub","room":"lobby"}`, protocol.CodeNotFound},
+	}
+	for _, tc := range cases {
+		rep := sendRaw(t, c, tc.req)
+		if rep.Error == nil || rep.Error.Code != tc.code {
+			t.Errorf("%s: reply %+v, want %s", tc.name, rep, tc.code)
+		}
+		var want struct{ ID int64 }
+		_ = json.Unmarshal([]byte(tc.req), &want)
+		if rep.ID != want.ID {
+			t.Errorf("%s: reply id %d, want %d", tc.name, rep.ID, want.ID)
+		}
+	}
+	// Replies without an id: malformed JSON and an oversize frame.
+	for _, raw := range []string{`{"id":1,"op":`, `not json`, `{"op":"ping","pad":"` + strings.Repeat("x", 5000) + `"}`} {
+		if err := c.Send(ctxT(t), []byte(raw)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case rep := <-c.Stray():
+			want := protocol.CodeBadRequest
+			if len(raw) > 4096 {
+				want = protocol.CodeTooLarge
+			}
+			if rep.Error == nil || rep.Error.Code != want {
+				t.Errorf("%.20q: reply %+v, want %s", raw, rep, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%.20q: no error reply", raw)
+		}
+	}
+	// Subscription limit.
+	subscribe(t, c, "r1")
+	subscribe(t, c, "r2")
+	if _, err := c.Subscribe(ctxT(t), "r3"); !isCode(err, protocol.CodeForbidden) {
+		t.Fatalf("third subscription: %v", err)
+	}
+	// Still usable after all that.
+	if err := c.Ping(ctxT(t)); err != nil {
+		t.Fatalf("ping after bad input: %v", err)
+	}
+	if _, err := c.Publish(ctxT(t), "r1", "ok-1", "fine"); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, c); m.Room != "r1" {
+		t.Fatalf("got %+v", m)
+	}
+}
+
+// sendRaw sends one raw frame carrying a request with an id and waits for
+// its reply.
+func sendRaw(t *testing.T, c *client.Client, raw string) protocol.Reply {
+	t.Helper()
+	var req protocol.Request
+	if err := json.Unmarshal([]byte(raw), &req); err != nil {
+		// Not decodable by us either (wrong types): match by id by hand.
+		var idOnly struct{ ID int64 }
+		_ = json.Unmarshal([]byte(raw), &idOnly)
+		req.ID = idOnly.ID
+	}
+	if err := c.Send(ctxT(t), []byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rep := <-c.Stray():
+		return rep
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no reply to %s", raw)
+	}
+	return protocol.Reply{}
+}
+
+func isCode(err error, code protocol.Code) bool {
+	var ce *client.Error
+	return errors.As(err, &ce) && ce.Code == code
+}
+
+func TestBatchedFrame(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	c := dial(t, e, "alice")
+	frame := `{"id":101,"op":"ping"}` + "\n" + `{"id":102,"op":"sub","room":"x.y"}` + "\n\n" + `{"id":103,"op":"ping"}`
+	if err := c.Send(ctxT(t), []byte(frame)); err != nil {
+		t.Fatal(err)
+	}
+	got := map[int64]protocol.Reply{}
+	for len(got) < 3 {
+		select {
+		case r := <-c.Stray():
+			got[r.ID] = r
+		case <-time.After(5 * time.Second):
+			t.Fatalf("replies so far: %+v", got)
+		}
+	}
+	if !got[101].OK || got[102].Error == nil || !got[103].OK {
+		t.Fatalf("replies %+v", got)
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Insecure = false })
+
+	// No credentials, a bad token, and ?user= outside insecure mode: HTTP 401.
+	for _, u := range []string{wsURL(e), wsURL(e) + "?token=garbage", wsURL(e) + "?user=alice"} {
+		_, resp, err := websocket.DefaultDialer.Dial(u, nil)
+		if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("%s: err %v resp %v", u, err, resp)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), `"code":"unauthorized"`) {
+			t.Fatalf("401 body %s", body)
+		}
+	}
+	expired := token(t, "alice", -time.Minute, auth.Grants{Subscribe: []string{"*"}})
+	if _, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(expired)); err == nil {
+		t.Fatal("expired token accepted")
+	}
+
+	grants := auth.Grants{Subscribe: []string{"lobby", "team-*"}, Publish: []string{"lobby"}}
+	alice, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(token(t, "alice", time.Hour, grants)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	subscribe(t, alice, "team-red")
+	if _, err := alice.Subscribe(ctxT(t), "secret"); !isCode(err, protocol.CodeForbidden) {
+		t.Fatalf("sub outside grants: %v", err)
+	}
+	if _, err := alice.Publish(ctxT(t), "team-red", "", 1); !isCode(err, protocol.CodeForbidden) {
+		t.Fatalf("pub outside grants: %v", err)
+	}
+	if _, err := alice.Publish(ctxT(t), "lobby", "", 1); err != nil {
+		t.Fatal(err)
+	}
+	// The token in the query works too.
+	q, err := client.Dial(ctxT(t), wsURL(e)+"?token="+token(t, "bob", time.Hour, grants))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+}
+
+func TestTokenExpiryClosesConnection(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	// JWT exp has one-second resolution: 2s leaves at least a second.
+	c, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(token(t, "alice", 2*time.Second, auth.Grants{Subscribe: []string{"*"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	subscribe(t, c, "lobby")
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection outlived its token")
+	}
+	var ce *client.CloseError
+	if !errors.As(c.Err(), &ce) || ce.Code != protocol.CloseTokenExpired {
+		t.Fatalf("closed with %v, want code %d", c.Err(), protocol.CloseTokenExpired)
+	}
+}
+
+func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedMsgs = 64; c.MaxQueuedBytes = 256 << 10 })
+	// The slow client never reads its messages: the client library stops
+	// reading the socket, TCP fills up, and the edge's queue overflows.
+	slow, err := client.Dial(ctxT(t), wsURL(e), client.WithUser("slow"), client.WithMessageBuffer(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	fast := dial(t, e, "fast")
+	subscribe(t, slow, "firehose")
+	subscribe(t, fast, "firehose")
+
+	js := natstest.JetStream(t, srv.URL())
+	const n = 2000
+	payload := []byte(`{"data":"` + strings.Repeat("x", 8<<10) + `"}`)
+	done := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if _, err := js.PublishAsync("chat.room.firehose", payload); err != nil {
+				done <- fmt.Errorf("publish %d: %w", i, err)
+				return
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+			done <- nil
+		case <-time.After(30 * time.Second):
+			done <- errors.New("publishes not acked")
+		}
+	}()
+	for i := uint64(1); i <= n; i++ {
+		if m := next(t, fast); m.Seq != i {
+			t.Fatalf("fast consumer got seq %d, want %d", m.Seq, i)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-slow.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("slow consumer not disconnected")
+	}
+	var ce *client.CloseError
+	if !errors.As(slow.Err(), &ce) || ce.Code != protocol.CloseSlowConsumer {
+		t.Fatalf("slow consumer closed with %v", slow.Err())
+	}
+}
+
+func TestPublishRateLimit(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.PublishRate = 1; c.PublishBurst = 3 })
+	c := dial(t, e, "alice")
+	limited := 0
+	for i := range 6 {
+		if _, err := c.Publish(ctxT(t), "lobby", fmt.Sprint("m", i), i); isCode(err, protocol.CodeRateLimited) {
+			limited++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if limited < 2 {
+		t.Fatalf("%d of 6 publishes rate limited, want at least 2", limited)
+	}
+	if err := c.Ping(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOriginCheck(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.AllowedOrigins = []string{"https://chat.example"} })
+	for origin, ok := range map[string]bool{"https://chat.example": true, "https://evil.example": false, "": true} {
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		c, err := client.Dial(ctxT(t), wsURL(e), client.WithUser("alice"), client.WithHeader(h))
+		if (err == nil) != ok {
+			t.Fatalf("origin %q: err %v", origin, err)
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+func TestHealthAndMetrics(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	c := dial(t, e, "alice")
+	subscribe(t, c, "lobby")
+	if _, err := c.Publish(ctxT(t), "lobby", "m", 1); err != nil {
+		t.Fatal(err)
+	}
+	next(t, c)
+	for path, want := range map[string]string{
+		"/healthz": "ok",
+		"/readyz":  "ready",
+		"/metrics": "parley_edge_connections 1",
+	} {
+		resp, err := http.Get("http://" + e.Addr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
+		}
+		if path == "/metrics" {
+			for _, m := range []string{"parley_edge_live_subscriptions 3", "parley_edge_deliveries_total 1", "parley_edge_publish_seconds_count 1", "parley_edge_nats_connected 1"} {
+				if !strings.Contains(string(body), m) {
+					t.Errorf("metrics lack %q", m)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package edge
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+)
+
+// Delivery is one stored message on its way to the connections of a topic:
+// its stream sequence, the sequence of the previous stored message on the
+// same subject (what RePublish puts in Nats-Last-Sequence), and the push
+// frame, encoded once for every connection.
+type Delivery struct {
+	Seq     uint64
+	LastSeq uint64
+	Frame   []byte
+}
+
+// Feed is the hub's only seam to NATS: one live subscription per topic (a
+// stream subject such as chat.room.lobby), and the last stored sequence of a
+// topic. The NATS implementation is natsFeed; benchmarks use an in-memory one.
+type Feed interface {
+	// Subscribe starts delivering the topic's stored messages, in stream
+	// order, to deliver. It returns once the subscription is registered with
+	// the server, so nothing stored afterwards can be missed.
+	Subscribe(topic string, deliver func(Delivery)) (unsubscribe func(), err error)
+	// LastSeq is the sequence of the newest stored message on topic, 0 if none.
+	LastSeq(ctx context.Context, topic string) (uint64, error)
+}
+
+// subscriber receives frames. deliver never blocks: a subscriber whose queue
+// is full disconnects itself (slow consumer) instead of slowing the room.
+type subscriber interface {
+	deliver(frame []byte)
+}
+
+const hubShards = 64
+
+// Hub knows which local subscribers are in which topic and holds one feed
+// subscription per topic, reference-counted by its subscribers. It is sharded
+// by topic so that joins in different rooms do not contend on one lock.
+type Hub struct {
+	feed     Feed
+	seed     maphash.Seed
+	shards   [hubShards]hubShard
+	observer hubObserver
+}
+
+// hubObserver lets the edge count what the hub does without the hub knowing
+// about Prometheus.
+type hubObserver struct {
+	topicOpened func()
+	topicClosed func()
+	delivered   func(n int)
+}
+
+type hubShard struct {
+	mu    sync.Mutex
+	rooms map[string]*room
+}
+
+// NewHub builds a hub over feed.
+func NewHub(feed Feed) *Hub {
+	h := &Hub{feed: feed, seed: maphash.MakeSeed()}
+	for i := range h.shards {
+		h.shards[i].rooms = make(map[string]*room)
+	}
+	h.observer = hubObserver{topicOpened: func() {}, topicClosed: func() {}, delivered: func(int) {}}
+	return h
+}
+
+func (h *Hub) shard(topic string) *hubShard {
+	return &h.shards[maphash.String(h.seed, topic)%hubShards]
+}
+
+// Join adds s to topic in the syncing state: deliveries for s are held back
+// until the caller decides where s starts with room.start. The feed
+// subscription exists when Join returns.
+func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
+	sh := h.shard(topic)
+	sh.mu.Lock()
+	r := sh.rooms[topic]
+	creator := r == nil
+	if creator {
+		r = newRoom(topic, h.observer.delivered)
+		sh.rooms[topic] = r
+	}
+	r.refs++
+	sh.mu.Unlock()
+
+	if creator {
+		unsub, err := h.feed.Subscribe(topic, r.deliver)
+		if err != nil {
+			sh.mu.Lock()
+			if sh.rooms[topic] == r {
+				delete(sh.rooms, topic)
+			}
+			sh.mu.Unlock()
+			r.subErr = err
+			close(r.subscribed)
+			return nil, err
+		}
+		r.unsubscribe = unsub
+		h.observer.topicOpened()
+		close(r.subscribed)
+	} else {
+		<-r.subscribed
+		if r.subErr != nil {
+			return nil, r.subErr
+		}
+	}
+	r.add(s, maxPending)
+	return r, nil
+}
+
+// Leave removes s from r and drops the feed subscription with the last one.
+func (h *Hub) Leave(r *room, s subscriber) {
+	r.remove(s)
+	sh := h.shard(r.topic)
+	sh.mu.Lock()
+	r.refs--
+	last := r.refs == 0
+	if last && sh.rooms[r.topic] == r {
+		delete(sh.rooms, r.topic)
+	}
+	sh.mu.Unlock()
+	if last && r.unsubscribe != nil {
+		r.unsubscribe()
+		h.observer.topicClosed()
+	}
+}
+
+// Topics is the number of topics with a live feed subscription.
+func (h *Hub) Topics() int {
+	n := 0
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		n += len(sh.rooms)
+		sh.mu.Unlock()
+	}
+	return n
+}

@@ -1,0 +1,73 @@
+// Package metrics declares the Prometheus metrics Parley components export.
+// Each component builds its own registry, so tests never share or reset
+// global state.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// NewRegistry returns a registry with the Go runtime and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Handler serves reg in the Prometheus text format.
+func Handler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}
+
+// Edge is the edge's instrumentation.
+type Edge struct {
+	Connections      prometheus.Gauge
+	ConnectsTotal    *prometheus.CounterVec // result: ok, unauthorized, refused
+	Disconnects      *prometheus.CounterVec // reason: client, slow_consumer, token_expired, shutdown, policy, error
+	Subscriptions    prometheus.Gauge       // client subscriptions to rooms
+	LiveSubjects     prometheus.Gauge       // NATS subscriptions held by this edge (one per room)
+	FramesIn         prometheus.Counter
+	FramesOut        prometheus.Counter
+	BytesIn          prometheus.Counter
+	BytesOut         prometheus.Counter
+	Requests         *prometheus.CounterVec // op, result (ok or error code)
+	PublishLatency   prometheus.Histogram   // client pub → JetStream ack
+	Deliveries       prometheus.Counter     // messages queued to connections
+	DroppedLive      prometheus.Counter     // live messages not decodable
+	PublishesPending prometheus.Gauge
+}
+
+// NewEdge registers the edge's metrics on reg.
+func NewEdge(reg prometheus.Registerer) *Edge {
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Edge{
+		Connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_connections", Help: "Open WebSocket connections."}),
+		ConnectsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_connects_total", Help: "WebSocket upgrade attempts by result."}, []string{"result"}),
+		Disconnects:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_disconnects_total", Help: "Closed connections by reason."}, []string{"reason"}),
+		Subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_subscriptions", Help: "Room subscriptions held by clients."}),
+		LiveSubjects:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_live_subscriptions", Help: "NATS subscriptions held by the edge (one per room, DM user and broadcast)."}),
+		FramesIn:      prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_frames_in_total", Help: "WebSocket frames received."}),
+		FramesOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_frames_out_total", Help: "WebSocket frames sent."}),
+		BytesIn:       prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_bytes_in_total", Help: "WebSocket payload bytes received."}),
+		BytesOut:      prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_bytes_out_total", Help: "WebSocket payload bytes sent."}),
+		Requests:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_requests_total", Help: "Client requests by op and result."}, []string{"op", "result"}),
+		PublishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "parley_edge_publish_seconds",
+			Help:    "Time from a client's pub to JetStream's ack.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+		}),
+		Deliveries:       prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_deliveries_total", Help: "Messages queued to client connections."}),
+		DroppedLive:      prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_live_dropped_total", Help: "Live NATS messages dropped because they lacked stream headers."}),
+		PublishesPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_publishes_pending", Help: "Client publishes awaiting a JetStream ack."}),
+	}
+	for _, c := range []prometheus.Collector{m.Connections, m.ConnectsTotal, m.Disconnects, m.Subscriptions, m.LiveSubjects,
+		m.FramesIn, m.FramesOut, m.BytesIn, m.BytesOut, m.Requests, m.PublishLatency, m.Deliveries, m.DroppedLive,
+		m.PublishesPending} {
+		f(c)
+	}
+	return m
+}
