@@ -115,7 +115,7 @@ func (c *Conn) joinPersonal() {
 			return
 		}
 		c.personal = append(c.personal, r)
-		r.start(c, 0, nil)
+		r.start(c, 0)
 	}
 }
 

@@ -68,6 +68,12 @@ type Config struct {
 	RequestTimeout       time.Duration // NATS requests made for a client request
 	PublishTimeout       time.Duration // wait for a JetStream ack
 	DrainTimeout         time.Duration // SIGTERM grace period
+	MaxRecover           int           // messages replayed by one sub with since/last
+	MaxHistory           int           // messages in one history reply
+	MaxHistoryBytes      int           // bytes of messages in one history reply
+	// LivePendingMsgs bounds what the NATS client buffers per live topic
+	// before dropping (gap repair then reads the drops from the stream).
+	LivePendingMsgs int
 
 	Logger *slog.Logger
 }
@@ -95,6 +101,10 @@ func DefaultConfig() Config {
 		RequestTimeout:       5 * time.Second,
 		PublishTimeout:       5 * time.Second,
 		DrainTimeout:         20 * time.Second,
+		MaxRecover:           1000,
+		MaxHistory:           500,
+		MaxHistoryBytes:      1 << 20,
+		LivePendingMsgs:      1 << 16,
 	}
 }
 
@@ -115,6 +125,14 @@ func (c *Config) fillDefaults() {
 	setIf(&c.PublishBurst, d.PublishBurst)
 	setIf(&c.MaxInflightPublishes, d.MaxInflightPublishes)
 	setIf(&c.MaxStrikes, d.MaxStrikes)
+	setIf(&c.MaxRecover, d.MaxRecover)
+	setIf(&c.MaxHistory, d.MaxHistory)
+	setIf(&c.MaxHistoryBytes, d.MaxHistoryBytes)
+	setIf(&c.LivePendingMsgs, d.LivePendingMsgs)
+	if c.MaxRecover > c.MaxQueuedMsgs/2 {
+		// A replay lands in the outbound queue at once: leave room for live.
+		c.MaxRecover = c.MaxQueuedMsgs / 2
+	}
 	if c.RequestRate <= 0 {
 		c.RequestRate = d.RequestRate
 	}
@@ -153,9 +171,11 @@ type Edge struct {
 	metrics  *metrics.Edge
 	upgrader websocket.Upgrader
 
-	feed *natsFeed
-	hub  *Hub
-	pub  *publisher
+	stream jetstream.Stream
+	reader *streamReader
+	feed   *natsFeed
+	hub    *Hub
+	pub    *publisher
 
 	listener net.Listener
 	server   *http.Server
@@ -236,10 +256,14 @@ func (e *Edge) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("provision streams: %w", err)
 	}
+	e.stream = stream
+	e.reader = &streamReader{nc: e.nc, stream: pjs.ChatStream, timeout: e.cfg.RequestTimeout}
 	e.feed = &natsFeed{
-		nc: e.nc, stream: stream, log: e.log,
-		dropped:     e.metrics.DroppedLive.Inc,
-		pendingMsgs: 1 << 16,
+		nc: e.nc, reader: e.reader, log: e.log,
+		dropped:       e.metrics.DroppedLive.Inc,
+		gapRepaired:   func(n int) { e.metrics.GapsRepaired.Inc(); e.metrics.GapMessages.Add(float64(n)) },
+		gapUnrepaired: e.metrics.GapsUnrepaired.Inc,
+		pendingMsgs:   e.cfg.LivePendingMsgs,
 	}
 	e.hub = NewHub(e.feed)
 	e.hub.observer = hubObserver{
@@ -247,6 +271,19 @@ func (e *Edge) Start(ctx context.Context) error {
 		topicClosed: e.metrics.LiveSubjects.Dec,
 		delivered:   func(n int) { e.metrics.Deliveries.Add(float64(n)) },
 	}
+	// After a reconnect nats.go has resubscribed every live subject; what
+	// was stored while we were away is read from the stream.
+	prev := e.nc.Opts.ReconnectedCB
+	e.nc.SetReconnectHandler(func(nc *nats.Conn) {
+		if prev != nil {
+			prev(nc)
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			e.hub.Resync(ctx, 8)
+		}()
+	})
 	e.pub = &publisher{nc: e.nc, js: js, metrics: e.metrics, timeout: e.cfg.PublishTimeout}
 
 	ln, err := net.Listen("tcp", e.cfg.Listen)

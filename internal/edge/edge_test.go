@@ -33,6 +33,11 @@ var testSecret = []byte("test-secret-of-reasonable-length-0123456789")
 // otherwise.
 func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
 	t.Helper()
+	return startEdgeOpts(t, url, mutate, nil)
+}
+
+func startEdgeOpts(t *testing.T, url string, mutate func(*edge.Config), natsOpts []nats.Option) *edge.Edge {
+	t.Helper()
 	cfg := edge.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Insecure = true
@@ -43,7 +48,8 @@ func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	opts := append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, natsOpts...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -20,9 +19,13 @@ import (
 // topic's republished live subject, and Direct Get for the last sequence.
 type natsFeed struct {
 	nc      *nats.Conn
-	stream  jetstream.Stream
+	reader  *streamReader
 	log     *slog.Logger
 	dropped func()
+	// gap counts repairs: messages read back, and gaps that could not be
+	// closed (the stream no longer had them, or NATS did not answer).
+	gapRepaired   func(msgs int)
+	gapUnrepaired func()
 	// pendingMsgs bounds what nats.go buffers per topic before it drops
 	// (and reports a slow consumer); gap repair covers such drops.
 	pendingMsgs int
@@ -56,14 +59,34 @@ func (f *natsFeed) Subscribe(topic string, deliver func(Delivery)) (func(), erro
 }
 
 func (f *natsFeed) LastSeq(ctx context.Context, topic string) (uint64, error) {
-	m, err := f.stream.GetLastMsgForSubject(ctx, topic)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return 0, nil
-	case err != nil:
-		return 0, fmt.Errorf("%w: read last sequence of %s: %w", protocol.ErrUnavailable, topic, err)
+	return f.reader.lastSeq(ctx, topic)
+}
+
+// maxRepair bounds one gap repair; a larger gap is logged and counted.
+const maxRepair = 10_000
+
+func (f *natsFeed) Repair(topic string, from, upTo uint64) []Delivery {
+	// A replica answering Direct Get may trail the leader that republished:
+	// retry briefly until the gap's last message (which exists: the live
+	// message named it) is readable.
+	var got []Delivery
+	var err error
+	for attempt := range 5 {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 50 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		got, _, err = f.reader.readRange(ctx, topic, from, upTo, maxRepair)
+		cancel()
+		if err == nil && len(got) > 0 && got[len(got)-1].Seq == upTo {
+			f.gapRepaired(len(got))
+			f.log.Info("repaired live gap", "topic", topic, "from", from, "to", upTo, "msgs", len(got))
+			return got
+		}
 	}
-	return m.Sequence, nil
+	f.gapUnrepaired()
+	f.log.Warn("live gap not fully repaired", "topic", topic, "from", from, "to", upTo, "read", len(got), "err", err)
+	return got
 }
 
 // target is where a topic's pushes say they belong.

@@ -26,6 +26,10 @@ type Feed interface {
 	Subscribe(topic string, deliver func(Delivery)) (unsubscribe func(), err error)
 	// LastSeq is the sequence of the newest stored message on topic, 0 if none.
 	LastSeq(ctx context.Context, topic string) (uint64, error)
+	// Repair returns the stored messages of topic with from <= seq <= upTo:
+	// what the live subscription missed. It is best effort: it logs and
+	// counts what it cannot read.
+	Repair(topic string, from, upTo uint64) []Delivery
 }
 
 // subscriber receives frames. deliver never blocks: a subscriber whose queue
@@ -82,7 +86,7 @@ func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
 	r := sh.rooms[topic]
 	creator := r == nil
 	if creator {
-		r = newRoom(topic, h.observer.delivered)
+		r = newRoom(topic, h.observer.delivered, h.feed.Repair)
 		sh.rooms[topic] = r
 	}
 	r.refs++
@@ -140,4 +144,41 @@ func (h *Hub) Topics() int {
 		sh.mu.Unlock()
 	}
 	return n
+}
+
+// Resync makes every topic catch up with the stream, a few at a time; the
+// edge calls it after a NATS reconnect.
+func (h *Hub) Resync(ctx context.Context, workers int) {
+	var rooms []*room
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		for _, r := range sh.rooms {
+			rooms = append(rooms, r)
+		}
+		sh.mu.Unlock()
+	}
+	last := func(topic string) (uint64, bool) {
+		seq, err := h.feed.LastSeq(ctx, topic)
+		return seq, err == nil
+	}
+	work := make(chan *room)
+	var wg sync.WaitGroup
+	for range max(workers, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range work {
+				r.resync(last)
+			}
+		}()
+	}
+	for _, r := range rooms {
+		select {
+		case work <- r:
+		case <-ctx.Done():
+		}
+	}
+	close(work)
+	wg.Wait()
 }

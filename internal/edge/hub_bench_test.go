@@ -27,6 +27,8 @@ func (f *memFeed) Subscribe(topic string, deliver func(Delivery)) (func(), error
 
 func (f *memFeed) LastSeq(context.Context, string) (uint64, error) { return 0, nil }
 
+func (f *memFeed) Repair(string, uint64, uint64) []Delivery { return nil }
+
 // queueSub is a subscriber with a real outbox, drained by a goroutine the
 // way a connection's writer drains it (minus the socket).
 type queueSub struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
@@ -13,8 +14,11 @@ const broadcastTopic = pjs.BroadcastSubject
 
 func dmTopic(user string) string { return pjs.DMSubject(user) }
 
-// subscribe handles "sub": join the room's live feed, reply with the room's
-// position, then deliver every message after it.
+// subscribe handles "sub": join the room's live feed (held back while we
+// work), find the room's position, replay what the client asked for from the
+// stream, reply, then release the live feed from the position on. Nothing
+// is lost or repeated at the seam: live messages at or below the position
+// are dropped, those above it were held back and follow the replay.
 func (c *Conn) subscribe(req *protocol.Request) error {
 	if err := protocol.CheckName("room", req.Room); err != nil {
 		return err
@@ -28,35 +32,121 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	if len(c.rooms) >= c.e.cfg.MaxSubscriptions {
 		return fmt.Errorf("%w: at most %d subscriptions per connection", protocol.ErrForbidden, c.e.cfg.MaxSubscriptions)
 	}
-	if req.Since != nil || req.Last != nil {
-		return fmt.Errorf("%w: resume with since/last is not available on this edge yet", protocol.ErrUnavailable)
+	if req.Since != nil && req.Last != nil {
+		return fmt.Errorf("%w: sub takes since or last, not both", protocol.ErrBadRequest)
 	}
+	if req.Last != nil && *req.Last < 0 {
+		return fmt.Errorf("%w: last must not be negative", protocol.ErrBadRequest)
+	}
+	began := time.Now()
 	topic := pjs.RoomSubject(req.Room)
 	r, err := c.e.hub.Join(topic, c, c.e.cfg.MaxQueuedMsgs)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*c.e.cfg.RequestTimeout)
+	defer cancel()
 	seq, known := r.position()
 	if !known {
-		ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.RequestTimeout)
-		seq, err = c.e.feed.LastSeq(ctx, topic)
-		cancel()
-		if err != nil {
+		if seq, err = c.e.feed.LastSeq(ctx, topic); err != nil {
 			c.e.hub.Leave(r, c)
 			return err
 		}
+		r.learn(seq)
 	}
-	reply, err := json.Marshal(protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Seq: &seq})
+	reply := protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Seq: &seq}
+	var replay []Delivery
+	if req.Since != nil || req.Last != nil {
+		replay, err = c.recover(ctx, topic, seq, req, &reply)
+		if err != nil {
+			c.e.metrics.Recoveries.WithLabelValues("failed").Inc()
+			c.e.hub.Leave(r, c)
+			return err
+		}
+		result := "recovered"
+		if !*reply.Recovered {
+			result = "not_recovered"
+		}
+		c.e.metrics.Recoveries.WithLabelValues(result).Inc()
+		c.e.metrics.Replayed.Add(float64(len(replay)))
+		c.e.metrics.RecoverySeconds.Observe(time.Since(began).Seconds())
+	}
+	frames := make([][]byte, 0, 1+len(replay))
+	b, err := json.Marshal(reply)
 	if err != nil {
 		c.e.hub.Leave(r, c)
 		return fmt.Errorf("%w: %w", protocol.ErrInternal, err)
 	}
+	frames = append(frames, b)
+	for _, d := range replay {
+		frames = append(frames, d.Frame)
+	}
 	c.rooms[req.Room] = r
 	c.e.metrics.Subscriptions.Inc()
-	if !r.start(c, seq, reply) {
+	if !r.start(c, seq, frames...) {
 		c.close(protocol.CloseSlowConsumer, "slow consumer: outbound queue overflowed; reconnect and resume with since")
 	}
 	return nil
+}
+
+// recover reads what a resuming subscriber asked for, up to the room's
+// position upTo, and fills in the reply's recovered and reason.
+func (c *Conn) recover(ctx context.Context, topic string, upTo uint64, req *protocol.Request, reply *protocol.Reply) ([]Delivery, error) {
+	recovered := true
+	reply.Recovered = &recovered
+	max := c.e.cfg.MaxRecover
+	if req.Last != nil {
+		n := min(*req.Last, max)
+		if n == 0 || upTo == 0 {
+			return nil, nil
+		}
+		return c.e.reader.latest(ctx, topic, upTo+1, n, 0)
+	}
+	since := *req.Since
+	if since >= upTo {
+		return nil, nil
+	}
+	replay, more, err := c.e.reader.readRange(ctx, topic, since+1, upTo, max)
+	if err != nil {
+		return nil, err
+	}
+	if more {
+		// Too much to replay on a sub: send the newest, say so.
+		if replay, err = c.e.reader.latest(ctx, topic, upTo+1, max, 0); err != nil {
+			return nil, err
+		}
+		recovered = false
+		reply.Reason = fmt.Sprintf("more than %d messages missed; the newest %d follow, read older ones with history", max, max)
+		return replay, nil
+	}
+	lost, err := c.maybeLost(ctx, topic, since)
+	if err != nil {
+		return nil, err
+	}
+	if lost {
+		recovered = false
+		reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
+	}
+	return replay, nil
+}
+
+// maybeLost reports whether retention may have removed messages of topic
+// after seq since. Retention removes oldest first, so if the topic's oldest
+// stored message is at or before since+1 nothing after since is gone; if
+// not, something is gone unless the stream never removed anything after it.
+func (c *Conn) maybeLost(ctx context.Context, topic string, since uint64) (bool, error) {
+	first, err := c.e.reader.first(ctx, topic)
+	if err != nil {
+		return false, err
+	}
+	if first != 0 && first <= since+1 {
+		return false, nil
+	}
+	info, err := c.e.stream.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("%w: stream info: %w", protocol.ErrUnavailable, err)
+	}
+	return info.State.FirstSeq > since+1 || info.State.NumDeleted > 0, nil
 }
 
 func (c *Conn) unsubscribe(req *protocol.Request) error {
@@ -74,11 +164,49 @@ func (c *Conn) unsubscribe(req *protocol.Request) error {
 	return nil
 }
 
+// history handles "history": the newest limit messages before a seq (or
+// the newest of all), oldest first, read from the stream without a consumer.
 func (c *Conn) history(req *protocol.Request) error {
 	if err := protocol.CheckName("room", req.Room); err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: history is not available on this edge yet", protocol.ErrUnavailable)
+	if !c.ident.CanSubscribe(req.Room) {
+		return fmt.Errorf("%w: your token does not allow reading room %s", protocol.ErrForbidden, req.Room)
+	}
+	limit := req.Limit
+	switch {
+	case limit < 0:
+		return fmt.Errorf("%w: limit must not be negative", protocol.ErrBadRequest)
+	case limit == 0:
+		limit = 50
+	case limit > c.e.cfg.MaxHistory:
+		limit = c.e.cfg.MaxHistory
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*c.e.cfg.RequestTimeout)
+	defer cancel()
+	ds, err := c.e.reader.latest(ctx, pjs.RoomSubject(req.Room), req.Before, limit, 0)
+	if err != nil {
+		return err
+	}
+	// Keep the reply within bounds: drop the oldest beyond the byte budget;
+	// the client pages on with before = the oldest seq it got.
+	size := 0
+	cut := len(ds)
+	for cut > 0 && size+len(ds[cut-1].Frame) <= c.e.cfg.MaxHistoryBytes {
+		cut--
+		size += len(ds[cut].Frame)
+	}
+	ds = ds[cut:]
+	msgs := make([]json.RawMessage, len(ds))
+	for i, d := range ds {
+		msgs[i] = d.Frame
+	}
+	if msgs == nil {
+		msgs = []json.RawMessage{}
+	}
+	c.e.metrics.HistoryRequests.Inc()
+	c.reply(protocol.Reply{ID: req.ID, OK: true, Msgs: msgs})
+	return nil
 }
 
 // publish handles "pub": validate, then hand the message to JetStream

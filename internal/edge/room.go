@@ -15,11 +15,18 @@ type room struct {
 
 	delivered func(n int)
 
+	// serial orders the live feed's deliveries with resyncs after a NATS
+	// reconnect: a repair and the next live message must not interleave.
+	serial sync.Mutex
+
 	mu sync.Mutex
 	// lastSeq is the newest sequence this room has seen or looked up; the
 	// live feed never goes backwards past it (duplicates are dropped).
 	lastSeq uint64
-	known   bool // lastSeq was read from the stream or a live message
+	known   bool // lastSeq comes from a live message
+	based   bool // lastSeq comes from reading the stream (before any live message)
+	// repair reads the messages of a gap on the live feed from the stream.
+	repair  func(topic string, from, upTo uint64) []Delivery
 	members []*member
 	index   map[subscriber]int
 }
@@ -36,8 +43,8 @@ type member struct {
 	overflow   bool
 }
 
-func newRoom(topic string, delivered func(int)) *room {
-	return &room{topic: topic, subscribed: make(chan struct{}), index: make(map[subscriber]int), delivered: delivered}
+func newRoom(topic string, delivered func(int), repair func(string, uint64, uint64) []Delivery) *room {
+	return &room{topic: topic, subscribed: make(chan struct{}), index: make(map[subscriber]int), delivered: delivered, repair: repair}
 }
 
 func (r *room) add(s subscriber, maxPending int) {
@@ -65,27 +72,35 @@ func (r *room) remove(s subscriber) {
 	delete(r.index, s)
 }
 
-// position returns the room's known last sequence, if it has one.
+// position returns the room's last sequence as the live feed knows it, if
+// it has seen a message since subscribing.
 func (r *room) position() (uint64, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lastSeq, r.known
 }
 
-// learn records a sequence read from the stream as the room's position.
+// learn records a last sequence read from the stream while the live feed has
+// not shown one yet. The lowest such reading wins: every subscriber started
+// at or after it, and anything above it that the feed misses is a gap to
+// repair, not a duplicate to drop.
 func (r *room) learn(seq uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if seq > r.lastSeq {
+	if r.known {
+		return
+	}
+	if !r.based || seq < r.lastSeq {
 		r.lastSeq = seq
 	}
-	r.known = true
+	r.based = true
 }
 
-// start ends s's syncing state: first (the reply) is delivered, then every
-// held-back delivery after seq after, and from then on every live delivery
-// after it. It reports false if s overflowed while syncing.
-func (r *room) start(s subscriber, after uint64, first []byte) bool {
+// start ends s's syncing state: frames (the reply, then any replayed
+// messages) are delivered, then every held-back delivery after seq after,
+// and from then on every live delivery after it. It reports false if s
+// overflowed while syncing.
+func (r *room) start(s subscriber, after uint64, frames ...[]byte) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	i, ok := r.index[s]
@@ -96,8 +111,8 @@ func (r *room) start(s subscriber, after uint64, first []byte) bool {
 	if m.overflow {
 		return false
 	}
-	if first != nil {
-		s.deliver(first)
+	for _, f := range frames {
+		s.deliver(f)
 	}
 	for _, d := range m.pending {
 		if d.Seq > after {
@@ -110,9 +125,27 @@ func (r *room) start(s subscriber, after uint64, first []byte) bool {
 	return true
 }
 
-// deliver fans one live message out. It runs on the feed's goroutine for
-// this topic, so deliveries of one topic are serialised and in order.
+// deliver takes one live message from the feed. It runs on the feed's
+// goroutine for this topic, so deliveries of one topic are serialised. When
+// the message's predecessor on the subject is not the last one this room
+// delivered, RePublish lost something (a NATS reconnect, a slow subscription,
+// a leader change): the missing messages are read from the stream and
+// delivered first, so subscribers never see a hole.
 func (r *room) deliver(d Delivery) {
+	r.serial.Lock()
+	defer r.serial.Unlock()
+	r.mu.Lock()
+	prev, anchored := r.lastSeq, r.known || r.based
+	r.mu.Unlock()
+	if anchored && d.LastSeq > prev && r.repair != nil {
+		for _, m := range r.repair(r.topic, prev+1, d.LastSeq) {
+			r.fanout(m)
+		}
+	}
+	r.fanout(d)
+}
+
+func (r *room) fanout(d Delivery) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if d.Seq <= r.lastSeq {
@@ -138,4 +171,26 @@ func (r *room) deliver(d Delivery) {
 		}
 	}
 	r.delivered(n)
+}
+
+// resync catches up after the live subscription was down (a NATS
+// reconnect): whatever the stream stored past the room's last delivered
+// sequence is read and delivered now rather than when the next live message
+// would reveal the gap.
+func (r *room) resync(last func(topic string) (uint64, bool)) {
+	r.serial.Lock()
+	defer r.serial.Unlock()
+	r.mu.Lock()
+	prev, anchored := r.lastSeq, r.known || r.based
+	r.mu.Unlock()
+	if !anchored || r.repair == nil {
+		return
+	}
+	newest, ok := last(r.topic)
+	if !ok || newest <= prev {
+		return
+	}
+	for _, m := range r.repair(r.topic, prev+1, newest) {
+		r.fanout(m)
+	}
 }

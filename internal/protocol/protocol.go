@@ -51,8 +51,8 @@ type Reply struct {
 	Dup       *bool             `json:"dup,omitempty"`
 	Recovered *bool             `json:"recovered,omitempty"`
 	Reason    string            `json:"reason,omitempty"`
-	Msgs      []json.RawMessage `json:"msgs,omitempty"`
-	Users     []string          `json:"users,omitempty"`
+	Msgs      []json.RawMessage `json:"msgs,omitzero"`
+	Users     []string          `json:"users,omitzero"`
 	Error     *Error            `json:"error,omitempty"`
 }
 

@@ -1,0 +1,364 @@
+package edge_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/parley-mesh/parley/client"
+	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/natstest"
+	"github.com/parley-mesh/parley/internal/protocol"
+)
+
+// backend publishes like a backend service: JetStream, envelope, dedup id.
+type backend struct {
+	t  *testing.T
+	js jetstream.JetStream
+}
+
+func newBackend(t *testing.T, url string) *backend {
+	nc := natstest.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &backend{t: t, js: js}
+}
+
+// storedSeqs is the ground truth: the seqs the stream holds for subject
+// after seq after, read with an ordered consumer.
+func storedSeqs(t *testing.T, js jetstream.JetStream, subject string, after uint64) []uint64 {
+	t.Helper()
+	ctx := ctxT(t)
+	cons, err := js.OrderedConsumer(ctx, "PARLEY_CHAT", jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: after + 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for range info.NumPending {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		md, _ := m.Metadata()
+		seqs = append(seqs, md.Sequence.Stream)
+	}
+	return seqs
+}
+
+func (b *backend) pub(room string, i int) uint64 {
+	b.t.Helper()
+	ack, err := b.js.Publish(context.Background(), "chat.room."+room, fmt.Appendf(nil, `{"from":"svc","data":%d}`, i))
+	if err != nil {
+		b.t.Fatalf("backend publish: %v", err)
+	}
+	return ack.Sequence
+}
+
+// collect reads n messages of room from c and returns their seqs.
+func collect(t *testing.T, c *client.Client, n int) []uint64 {
+	t.Helper()
+	seqs := make([]uint64, 0, n)
+	for len(seqs) < n {
+		seqs = append(seqs, next(t, c).Seq)
+	}
+	return seqs
+}
+
+func equalSeqs(t *testing.T, what string, got, want []uint64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: got %d messages %v, want %d %v", what, len(got), got, len(want), want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("%s: message %d is seq %d, want %d (got %v)", what, i, got[i], want[i], got)
+		}
+	}
+}
+
+// A client reads a few messages on edge A, drops, and resumes on edge B
+// with since: it gets exactly what it missed, in order, then live.
+func TestResumeOnAnotherEdge(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	a, b := startEdge(t, srv.URL(), nil), startEdge(t, srv.URL(), nil)
+	be := newBackend(t, srv.URL())
+
+	c := dial(t, a, "alice")
+	subscribe(t, c, "lobby")
+	var seen []uint64
+	for i := range 3 {
+		be.pub("lobby", i)
+	}
+	seen = collect(t, c, 3)
+	c.Close()
+
+	var missed []uint64
+	for i := range 50 {
+		be.pub("other", i) // interleaved traffic of other rooms
+		missed = append(missed, be.pub("lobby", 100+i))
+	}
+	c2 := dial(t, b, "alice")
+	r, err := c2.Subscribe(ctxT(t), "lobby", client.Since(seen[2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Recovered == nil || !*r.Recovered || r.Seq != missed[len(missed)-1] {
+		t.Fatalf("resume reply %+v", r)
+	}
+	equalSeqs(t, "replay", collect(t, c2, 50), missed)
+	live := be.pub("lobby", 999)
+	if m := next(t, c2); m.Seq != live {
+		t.Fatalf("after the replay got seq %d, want live %d", m.Seq, live)
+	}
+	noMessage(t, c2, 100*time.Millisecond)
+}
+
+// The same while the room keeps receiving messages during the resume: the
+// seam between replay and live has neither a gap nor a duplicate.
+func TestResumeUnderContinuousPublishing(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	a, b := startEdge(t, srv.URL(), nil), startEdge(t, srv.URL(), nil)
+	be := newBackend(t, srv.URL())
+
+	var mu sync.Mutex
+	var stored []uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s := be.pub("busy", i)
+			be.pub("noise", i)
+			mu.Lock()
+			stored = append(stored, s)
+			mu.Unlock()
+		}
+	}()
+	waitStored := func(n int) {
+		natstest.Eventually(t, 10*time.Second, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(stored) < n {
+				return fmt.Errorf("%d stored", len(stored))
+			}
+			return nil
+		})
+	}
+	waitStored(20)
+	c := dial(t, a, "alice")
+	sub := subscribe(t, c, "busy")
+	first := collect(t, c, 10)
+	c.Close()
+	waitStored(len(first) + 200)
+
+	for round := range 3 { // resume several times, alternating edges
+		target := []*edge.Edge{b, a}[round%2]
+		c = dial(t, target, "alice")
+		last := first[len(first)-1]
+		r, err := c.Subscribe(ctxT(t), "busy", client.Since(last))
+		if err != nil || r.Recovered == nil || !*r.Recovered {
+			t.Fatalf("resume %d: %+v %v", round, r, err)
+		}
+		got := collect(t, c, 150)
+		c.Close()
+		mu.Lock()
+		var want []uint64
+		for _, s := range stored {
+			if s > last && len(want) < len(got) {
+				want = append(want, s)
+			}
+		}
+		mu.Unlock()
+		equalSeqs(t, fmt.Sprintf("resume %d", round), got, want)
+		first = got
+	}
+	close(stop)
+	wg.Wait()
+	_ = sub
+}
+
+// Retention dropped the first missed message: recovered is false with a
+// reason, and what the stream still has is delivered.
+func TestResumeAfterRetentionSaysNotRecovered(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 5 })
+	be := newBackend(t, srv.URL())
+	var seqs []uint64
+	for i := range 20 {
+		seqs = append(seqs, be.pub("small", i))
+	}
+	c := dial(t, e, "alice")
+	r, err := c.Subscribe(ctxT(t), "small", client.Since(seqs[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Recovered == nil || *r.Recovered || r.Reason == "" {
+		t.Fatalf("reply %+v, want recovered:false with a reason", r)
+	}
+	equalSeqs(t, "what is left", collect(t, c, 5), seqs[15:])
+
+	// A resume within what is kept is recovered.
+	c2 := dial(t, e, "bob")
+	r, err = c2.Subscribe(ctxT(t), "small", client.Since(seqs[16]))
+	if err != nil || r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("resume within retention: %+v %v", r, err)
+	}
+	equalSeqs(t, "kept", collect(t, c2, 3), seqs[17:])
+}
+
+func TestSubLastAndHistory(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	be := newBackend(t, srv.URL())
+	var lobby []uint64
+	// A dense stretch, then a long sparse one (one lobby message in 300):
+	// history has to find its start by counting, not by reading everything.
+	for i := range 40 {
+		lobby = append(lobby, be.pub("lobby", i))
+	}
+	js := natstest.JetStream(t, srv.URL())
+	for i := range 3000 {
+		if _, err := js.PublishAsync("chat.room.noise", []byte(`{"data":0}`)); err != nil {
+			t.Fatal(err)
+		}
+		if i%300 == 299 {
+			<-js.PublishAsyncComplete()
+			lobby = append(lobby, be.pub("lobby", 1000+i))
+		}
+	}
+	<-js.PublishAsyncComplete()
+
+	c := dial(t, e, "alice")
+	r, err := c.Subscribe(ctxT(t), "lobby", client.Last(15))
+	if err != nil || r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("sub last: %+v %v", r, err)
+	}
+	equalSeqs(t, "last 15", collect(t, c, 15), lobby[len(lobby)-15:])
+
+	for _, tc := range []struct {
+		before uint64
+		limit  int
+		want   []uint64
+	}{
+		{0, 5, lobby[len(lobby)-5:]},
+		{lobby[45], 10, lobby[35:45]},
+		{lobby[3], 10, lobby[:3]},
+		{lobby[len(lobby)-1], 1, lobby[len(lobby)-2 : len(lobby)-1]},
+		{0, 0, lobby[len(lobby)-50:]}, // default limit 50
+		{lobby[0], 10, nil},
+	} {
+		msgs, err := c.History(ctxT(t), "lobby", tc.before, tc.limit)
+		if err != nil {
+			t.Fatalf("history before %d: %v", tc.before, err)
+		}
+		got := make([]uint64, len(msgs))
+		for i, m := range msgs {
+			got[i] = m.Seq
+			if m.Room != "lobby" {
+				t.Fatalf("history message %+v", m)
+			}
+		}
+		equalSeqs(t, fmt.Sprintf("history before %d limit %d", tc.before, tc.limit), got, tc.want)
+	}
+	if _, err := c.History(ctxT(t), "a.b", 0, 1); !isCode(err, protocol.CodeBadRequest) {
+		t.Fatalf("history of a bad name: %v", err)
+	}
+}
+
+// RePublish is at-most-once: here the edge's NATS connection comes back
+// after a restart later than a backend's, so the edge misses messages
+// published in between. The edge reads them from the stream (on reconnect,
+// or when the next live message's Nats-Last-Sequence reveals the gap) and
+// the client sees every message once, in order.
+func TestLiveGapRepairedAfterNATSRestart(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdgeWith(t, srv.URL(), nil, nats.ReconnectWait(time.Second), nats.ReconnectJitter(0, 0))
+	c := dial(t, e, "alice")
+	subscribe(t, c, "lobby")
+	be := newBackend(t, srv.URL())
+	first := be.pub("lobby", 0)
+	if m := next(t, c); m.Seq != first {
+		t.Fatalf("got %+v", m)
+	}
+
+	srv.Restart(t)
+	natstest.Eventually(t, 10*time.Second, func() error { // the backend reconnects first
+		_, err := be.js.Publish(context.Background(), "chat.room.lobby", []byte(`{"data":"during"}`))
+		return err
+	})
+	for i := range 9 {
+		be.pub("lobby", i)
+	}
+	natstest.Eventually(t, 10*time.Second, func() error {
+		resp, err := http.Get("http://" + e.Addr() + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("readyz %d", resp.StatusCode)
+		}
+		return nil
+	})
+	// Published after the edge resubscribed: arrives live, reveals the gap.
+	natstest.Eventually(t, 10*time.Second, func() error {
+		be.pub("lobby", 100)
+		if metric(t, e, "parley_edge_gaps_repaired_total") < 1 {
+			return fmt.Errorf("no gap repaired yet")
+		}
+		return nil
+	})
+	want := storedSeqs(t, be.js, "chat.room.lobby", first)
+	if len(want) < 11 {
+		t.Fatalf("stream holds %v after seq %d", want, first)
+	}
+	equalSeqs(t, "after the restart", collect(t, c, len(want)), want)
+	noMessage(t, c, 100*time.Millisecond)
+}
+
+func startEdgeWith(t *testing.T, url string, mutate func(*edge.Config), opts ...nats.Option) *edge.Edge {
+	t.Helper()
+	return startEdgeOpts(t, url, mutate, opts)
+}
+
+var metricLine = regexp.MustCompile(`(?m)^(\w+) ([0-9.e+]+)$`)
+
+func metric(t *testing.T, e *edge.Edge, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + e.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, m := range metricLine.FindAllStringSubmatch(string(body), -1) {
+		if m[1] == name {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			return v
+		}
+	}
+	return 0
+}
