@@ -80,6 +80,12 @@ func (c *Conn) close(code int, text string) {
 		c.closeCode, c.closeText = code, text
 		c.out.close()
 		close(c.closing)
+		if code == protocol.CloseSlowConsumer {
+			// The writer is probably blocked on a full socket: cut that write
+			// short now instead of holding the connection for WriteTimeout.
+			// The close frame after it is best effort.
+			_ = c.ws.NetConn().SetWriteDeadline(time.Now())
+		}
 	})
 }
 
@@ -288,7 +294,9 @@ func (c *Conn) writeLoop() {
 			batch = c.out.take(batch)
 			if err := c.writeBatch(batch); err != nil {
 				c.close(websocket.CloseAbnormalClosure, "")
-				c.log.Debug("write failed", "err", err)
+				c.log.Debug("write failed", "err", err, "close_code", c.closeCode)
+				// No close frame: the socket is failing or full.
+				c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
 				return
 			}
 			clear(batch)

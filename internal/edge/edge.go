@@ -322,7 +322,10 @@ func (e *Edge) Run(ctx context.Context) error {
 // elsewhere (close code 4003) after flushing what it was owed, and drains the
 // NATS connection. ctx bounds the whole drain.
 func (e *Edge) Shutdown(ctx context.Context) error {
-	if !e.draining.CompareAndSwap(false, true) {
+	e.mu.Lock()
+	first := e.draining.CompareAndSwap(false, true)
+	e.mu.Unlock()
+	if !first {
 		return nil
 	}
 	e.log.Info("draining", "connections", e.connCount())
@@ -427,11 +430,21 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.metrics.ConnectsTotal.WithLabelValues("ok").Inc()
 	c := newConn(e, e.nextConn.Add(1), ws, ident)
 
-	e.handlers.Add(1)
-	defer e.handlers.Done()
+	// Registration and the drain's start are ordered by e.mu: a connection
+	// either is counted before Shutdown waits, or sees the drain and leaves.
 	e.mu.Lock()
+	if e.draining.Load() {
+		e.mu.Unlock()
+		_ = ws.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge"),
+			time.Now().Add(time.Second))
+		_ = ws.Close()
+		return
+	}
+	e.handlers.Add(1)
 	e.conns[c] = struct{}{}
 	e.mu.Unlock()
+	defer e.handlers.Done()
 	e.metrics.Connections.Inc()
 	defer func() {
 		e.mu.Lock()
@@ -439,10 +452,6 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		e.mu.Unlock()
 		e.metrics.Connections.Dec()
 	}()
-	if e.draining.Load() { // a drain started while we upgraded
-		c.draining.Store(true)
-		c.close(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge")
-	}
 	if !ident.Expires.IsZero() {
 		t := time.AfterFunc(time.Until(ident.Expires), func() {
 			c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")

@@ -150,8 +150,14 @@ func TestResumeUnderContinuousPublishing(t *testing.T) {
 				return
 			default:
 			}
-			s := be.pub("busy", i)
-			be.pub("noise", i)
+			ack, err := be.js.Publish(context.Background(), "chat.room.busy", fmt.Appendf(nil, `{"data":%d}`, i))
+			if err != nil {
+				return // reported below: the resumes wait for stored messages
+			}
+			s := ack.Sequence
+			if _, err := be.js.Publish(context.Background(), "chat.room.noise", []byte(`{"data":0}`)); err != nil {
+				return
+			}
 			mu.Lock()
 			stored = append(stored, s)
 			mu.Unlock()
@@ -184,6 +190,15 @@ func TestResumeUnderContinuousPublishing(t *testing.T) {
 		}
 		got := collect(t, c, 150)
 		c.Close()
+		// The client may see a message before its publisher saw the ack.
+		natstest.Eventually(t, 10*time.Second, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(stored) == 0 || stored[len(stored)-1] < got[len(got)-1] {
+				return fmt.Errorf("seq %d not acked to the publisher yet", got[len(got)-1])
+			}
+			return nil
+		})
 		mu.Lock()
 		var want []uint64
 		for _, s := range stored {
@@ -344,7 +359,7 @@ func startEdgeWith(t *testing.T, url string, mutate func(*edge.Config), opts ...
 	return startEdgeOpts(t, url, mutate, opts)
 }
 
-var metricLine = regexp.MustCompile(`(?m)^(\w+) ([0-9.e+]+)$`)
+var metricLine = regexp.MustCompile(`(?m)^(\S+) ([0-9.e+-]+)$`)
 
 func metric(t *testing.T, e *edge.Edge, name string) float64 {
 	t.Helper()
