@@ -77,7 +77,11 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.Int64Var(&c.Stream.MaxBytes, "stream-max-bytes", c.Stream.MaxBytes, "chat stream size bound (0: none)")
 	fs.Int64Var(&c.Stream.MaxMsgsPerSubject, "stream-max-msgs-per-subject", c.Stream.MaxMsgsPerSubject, "messages kept per room/user (0: no limit)")
 
+	fs.BoolVar(&c.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several edge processes share --listen")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "refuse connections beyond this many (0: unlimited)")
+	fs.IntVar(&c.MaxRecover, "max-recover", c.MaxRecover, "messages replayed by one sub with since or last")
+	fs.IntVar(&c.MaxHistory, "max-history", c.MaxHistory, "messages in one history reply")
+	fs.IntVar(&c.MaxHistoryBytes, "max-history-bytes", c.MaxHistoryBytes, "bytes of messages in one history reply")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "larger client frames get too_large")
 	fs.IntVar(&c.HardFrameLimit, "hard-frame-bytes", c.HardFrameLimit, "larger client frames close the connection (1009)")
 	fs.IntVar(&c.MaxQueuedMsgs, "max-queued-msgs", c.MaxQueuedMsgs, "outbound queue per connection before a slow-consumer close")

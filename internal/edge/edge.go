@@ -38,6 +38,9 @@ import (
 type Config struct {
 	// Listen is the HTTP address serving /ws, /metrics, /healthz, /readyz.
 	Listen string
+	// ReusePort sets SO_REUSEPORT on the listener so several edge processes
+	// on one host can share the port (the kernel spreads connections).
+	ReusePort bool
 	// Insecure accepts ?user=NAME without a token (dev mode only).
 	Insecure bool
 	// Auth holds the JWT keys; when empty only insecure mode can connect.
@@ -286,7 +289,7 @@ func (e *Edge) Start(ctx context.Context) error {
 	})
 	e.pub = &publisher{nc: e.nc, js: js, metrics: e.metrics, timeout: e.cfg.PublishTimeout}
 
-	ln, err := net.Listen("tcp", e.cfg.Listen)
+	ln, err := listen(ctx, e.cfg.Listen, e.cfg.ReusePort)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", e.cfg.Listen, err)
 	}
