@@ -103,6 +103,7 @@ type Backoff struct {
 }
 
 type options struct {
+	fallback    []string
 	header      http.Header
 	user        string
 	token       string
@@ -115,6 +116,13 @@ type options struct {
 
 // Option configures Dial.
 type Option func(*options)
+
+// WithFallbackURLs adds edges to reconnect to: each reconnection attempt
+// takes the next URL of the list (the Dial URL first), so a client whose
+// edge died or drained (4003) moves to another one.
+func WithFallbackURLs(urls ...string) Option {
+	return func(o *options) { o.fallback = append(o.fallback, urls...) }
+}
 
 // WithToken authenticates with a JWT (Authorization: Bearer).
 func WithToken(token string) Option { return func(o *options) { o.token = token } }
@@ -160,7 +168,8 @@ func WithReadTimeout(d time.Duration) Option { return func(o *options) { o.readT
 
 // Client is a session with an edge. Its methods are safe for concurrent use.
 type Client struct {
-	url  string
+	urls []string
+	at   int // index in urls of the next dial; owned by run
 	opts options
 
 	msgs     chan protocol.Msg
@@ -209,17 +218,21 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	if o.dialer == nil {
 		o.dialer = &websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 16 << 10, WriteBufferSize: 4 << 10}
 	}
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("parley client: url: %w", err)
-	}
-	if o.user != "" {
-		q := u.Query()
-		q.Set("user", o.user)
-		u.RawQuery = q.Encode()
+	var urls []string
+	for _, raw := range append([]string{rawURL}, o.fallback...) {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("parley client: url %q: %w", raw, err)
+		}
+		if o.user != "" {
+			q := u.Query()
+			q.Set("user", o.user)
+			u.RawQuery = q.Encode()
+		}
+		urls = append(urls, u.String())
 	}
 	c := &Client{
-		url:      u.String(),
+		urls:     urls,
 		opts:     o,
 		msgs:     make(chan protocol.Msg, o.msgBuffer),
 		eventsCh: make(chan Event, 256),
@@ -254,14 +267,15 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	if tok != "" {
 		h.Set("Authorization", "Bearer "+tok)
 	}
-	ws, resp, err := c.opts.dialer.DialContext(ctx, c.url, h)
+	u := c.urls[c.at%len(c.urls)]
+	ws, resp, err := c.opts.dialer.DialContext(ctx, u, h)
 	if err != nil {
 		if resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
 			return nil, &HandshakeError{StatusCode: resp.StatusCode, Body: string(body)}
 		}
-		return nil, fmt.Errorf("parley client: dial %s: %w", c.url, err)
+		return nil, fmt.Errorf("parley client: dial %s: %w", u, err)
 	}
 	return &session{ws: ws, gone: make(chan struct{})}, nil
 }
@@ -362,7 +376,10 @@ func (c *Client) retryable(err error) bool {
 func (c *Client) redial() (*session, error) {
 	b := *c.opts.reconnect
 	delay := b.Min
-	for attempt := 0; ; attempt++ {
+	for {
+		if len(c.urls) > 1 {
+			c.at++
+		}
 		wait := delay/2 + rand.N(delay/2+1)
 		select {
 		case <-c.closing:
