@@ -190,6 +190,7 @@ type Client struct {
 	closeOnce sync.Once
 
 	droppedEvents atomic.Uint64
+	duplicates    atomic.Uint64
 }
 
 type roomState struct {
@@ -288,6 +289,11 @@ func (c *Client) Messages() <-chan protocol.Msg { return c.msgs }
 // when the application does not read it, events are dropped and counted
 // (DroppedEvents) rather than stalling messages.
 func (c *Client) Events() <-chan Event { return c.eventsCh }
+
+// Duplicates counts room messages the edge sent at or below a seq already
+// delivered; the client dropped them. Nonzero means an edge broke its
+// promise (or resumes overlapped), never that the application saw one twice.
+func (c *Client) Duplicates() uint64 { return c.duplicates.Load() }
 
 // DroppedEvents counts events dropped because Events was full.
 func (c *Client) DroppedEvents() uint64 { return c.droppedEvents.Load() }
@@ -569,6 +575,7 @@ func (c *Client) deliver(w *wire) bool {
 		rs = c.rooms[m.Room]
 		c.mu.Unlock()
 		if rs != nil && m.Seq <= rs.last {
+			c.duplicates.Add(1)
 			return true // already delivered (a resume overlapping a seam)
 		}
 	}

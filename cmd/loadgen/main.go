@@ -1,0 +1,91 @@
+// Command loadgen measures Parley edges: connections held, fan-out, chat-like
+// publish/subscribe, acked publish throughput and mass reconnects, from
+// several worker processes (it starts them itself) over several loopback
+// source addresses. It stops by itself after --duration.
+//
+//	go run ./cmd/loadgen --scenario fanout --conns 10000 --rooms 1 --msg-rate 100 \
+//	    --url ws://127.0.0.1:8080/ws --nats nats://127.0.0.1:4222
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/parley-mesh/parley/internal/loadgen"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		if err := loadgen.RunWorker(ctx, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	var s loadgen.Spec
+	var urls, procs, jsonOut string
+	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	fs.StringVar(&s.Scenario, "scenario", "idle", "idle, fanout, pubsub, publish or reconnect")
+	fs.StringVar(&urls, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL(s), comma-separated")
+	fs.StringVar(&s.NATS, "nats", "nats://127.0.0.1:4222", "NATS URL of the backend publisher (fanout, reconnect)")
+	fs.IntVar(&s.Conns, "conns", 1000, "connections in all")
+	fs.IntVar(&s.Workers, "workers", 2, "worker processes (each holds conns/workers sockets; keep it under ~19,000)")
+	fs.Float64Var(&s.Rate, "rate", 2000, "connections opened per second")
+	fs.IntVar(&s.Rooms, "rooms", 100, "rooms; connection i is in room i % rooms")
+	fs.Float64Var(&s.MsgRate, "msg-rate", 1, "fanout/reconnect: backend msg/s per room; pubsub: msg/s per client")
+	fs.IntVar(&s.Payload, "payload", 64, "padding bytes per message")
+	fs.DurationVar(&s.Duration, "duration", 30*time.Second, "measured phase (after all connections are up)")
+	fs.IntVar(&s.Sources, "sources", 8, "source addresses 127.0.0.2 … to spread connections over")
+	fs.IntVar(&s.Window, "window", 8, "publish: publishes in flight per connection")
+	fs.DurationVar(&s.Ramp, "ramp-timeout", 0, "give up connecting after this long (default: twice conns/rate + 30s)")
+	fs.StringVar(&s.Token, "token", "", "JWT for every connection (default: ?user=, for insecure edges)")
+	fs.StringVar(&procs, "procs", "edge,nats-server", "process names (/proc comm) whose RSS and CPU are sampled")
+	fs.DurationVar(&s.Progress, "progress", 5*time.Second, "progress line period")
+	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s.URLs = strings.Split(urls, ",")
+	if procs != "" {
+		s.Procs = strings.Split(procs, ",")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	res, err := loadgen.Run(ctx, s, exe, os.Stderr)
+	if err != nil {
+		return err
+	}
+	res.Print(os.Stdout)
+	if jsonOut != "" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(jsonOut, b, 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", jsonOut, err)
+		}
+	}
+	if res.Lost > 0 || res.Counts.Dups > 0 {
+		return errors.New("messages lost or duplicated")
+	}
+	return nil
+}

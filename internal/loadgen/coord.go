@@ -1,0 +1,470 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Percentiles of a latency distribution, in milliseconds.
+type Percentiles struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50_ms"`
+	P90   float64 `json:"p90_ms"`
+	P99   float64 `json:"p99_ms"`
+	P999  float64 `json:"p99_9_ms"`
+	Max   float64 `json:"max_ms"`
+}
+
+func percentiles(h *hdrhistogram.Histogram) Percentiles {
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return Percentiles{Count: h.TotalCount(), P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)),
+		P99: ms(h.ValueAtQuantile(99)), P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
+}
+
+func (p Percentiles) String() string {
+	if p.Count == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("p50 %.2f ms  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)", p.P50, p.P90, p.P99, p.P999, p.Max, p.Count)
+}
+
+// Result is a run's outcome.
+type Result struct {
+	Spec           Spec           `json:"spec"`
+	Connected      int            `json:"connected"`
+	Subscribed     int            `json:"subscribed"`
+	ConnectSeconds float64        `json:"connect_seconds"`
+	ConnectErrors  map[string]int `json:"errors"`
+	Counts         Counts         `json:"counts"` // during the measured phase (+ settle)
+	Seconds        float64        `json:"seconds"`
+	DeliveredPerS  float64        `json:"delivered_per_s"`
+	AckedPerS      float64        `json:"acked_per_s"`
+	BackendPub     uint64         `json:"backend_published"`
+	BackendErrors  uint64         `json:"backend_errors"`
+	Lost           uint64         `json:"lost"`
+	Latency        Percentiles    `json:"latency"`
+	PubLatency     Percentiles    `json:"publish_ack_latency"`
+	Resume         Percentiles    `json:"resume_latency"`
+	Procs          []ProcStats    `json:"procs"`
+	ProcsAtReady   []ProcStats    `json:"procs_at_ready"`
+}
+
+type workerProc struct {
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	mu      sync.Mutex
+	last    report
+	started report
+	stopped report
+	final   *report
+	ready   chan struct{}
+	finaled chan struct{}
+	err     error
+}
+
+// Run executes spec with worker processes started from exe (this binary,
+// run as "exe worker"), printing progress to log.
+func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, error) {
+	if spec.Progress <= 0 {
+		spec.Progress = 5 * time.Second
+	}
+	if spec.Ramp <= 0 {
+		spec.Ramp = time.Duration(float64(spec.Conns)/spec.Rate*float64(time.Second))*2 + 30*time.Second
+	}
+	if spec.Prefix == "" {
+		spec.Prefix = fmt.Sprintf("lg%d-", time.Now().Unix()%100000)
+	}
+	if err := spec.check(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := &Result{Spec: spec, ConnectErrors: map[string]int{}}
+	smp := newSampler(spec.Procs)
+	smp.sample()
+
+	workers := make([]*workerProc, spec.Workers)
+	per, extra := spec.Conns/spec.Workers, spec.Conns%spec.Workers
+	first := 0
+	for i := range workers {
+		n := per
+		if i < extra {
+			n++
+		}
+		ws := workerSpec{Spec: spec, Index: i, FirstConn: first, NConns: n}
+		first += n
+		wp, err := startWorker(ctx, exe, ws)
+		if err != nil {
+			return nil, err
+		}
+		workers[i] = wp
+	}
+	defer func() {
+		for _, wp := range workers {
+			_ = wp.stdin.Close()
+			_ = wp.cmd.Wait()
+		}
+	}()
+
+	// Connect phase.
+	began := time.Now()
+	ticker := time.NewTicker(spec.Progress)
+	defer ticker.Stop()
+	sampleTick := time.NewTicker(time.Second)
+	defer sampleTick.Stop()
+	for _, wp := range workers {
+		for waiting := true; waiting; {
+			select {
+			case <-wp.ready:
+				waiting = false
+			case <-wp.finaled:
+				return nil, fmt.Errorf("worker ended before ready: %v", wp.err)
+			case <-ticker.C:
+				fmt.Fprintf(log, "connecting: %s %d/%d connected\n", time.Since(began).Round(time.Second), total(workers, func(r report) int { return r.Counts.Connected }), spec.Conns)
+			case <-sampleTick.C:
+				smp.sample()
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	res.ConnectSeconds = time.Since(began).Seconds()
+	res.Connected = total(workers, func(r report) int { return r.Counts.Connected })
+	res.Subscribed = total(workers, func(r report) int { return r.Counts.Subscribed })
+	smp.sample()
+	res.ProcsAtReady = smp.result()
+	fmt.Fprintf(log, "connected %d of %d in %.1fs (%d subscribed)\n", res.Connected, spec.Conns, res.ConnectSeconds, res.Subscribed)
+	for _, p := range res.ProcsAtReady {
+		fmt.Fprintf(log, "  %s\n", p)
+	}
+
+	// Measured phase.
+	var be *backend
+	if spec.Scenario == Fanout || spec.Scenario == Reconnect {
+		var err error
+		if be, err = startBackend(ctx, spec); err != nil {
+			return nil, err
+		}
+	}
+	for _, wp := range workers {
+		fmt.Fprintln(wp.stdin, "start")
+	}
+	start := time.Now()
+	end := time.After(spec.Duration)
+	var prev Counts
+	prevAt := start
+	for running := true; running; {
+		select {
+		case <-end:
+			running = false
+		case <-ticker.C:
+			c := sum(workers)
+			el := time.Since(prevAt).Seconds()
+			fmt.Fprintf(log, "t=%-4s conns %d  delivered %.0f/s  acked %.0f/s  pub errors %d  dropped %d  resumed %d\n",
+				time.Since(start).Round(time.Second), c.Connected,
+				float64(c.Delivered-prev.Delivered)/el, float64(c.Acked-prev.Acked)/el, c.PubErrors, c.Dropped, c.Resumed)
+			prev, prevAt = c, time.Now()
+		case <-sampleTick.C:
+			smp.sample()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	for _, wp := range workers {
+		fmt.Fprintln(wp.stdin, "stop")
+	}
+	res.Seconds = time.Since(start).Seconds()
+	var acked map[string][]uint64
+	if be != nil {
+		res.BackendPub, res.BackendErrors, acked = be.stop()
+	} else {
+		acked = map[string][]uint64{}
+	}
+	smp.sample()
+	res.Procs = smp.result()
+
+	timeout := time.After(2 * time.Minute)
+	for _, wp := range workers {
+		select {
+		case <-wp.finaled:
+		case <-timeout:
+			return nil, errors.New("workers did not report within 2 minutes")
+		}
+		if wp.final == nil {
+			return nil, fmt.Errorf("worker failed: %v", wp.err)
+		}
+	}
+	return res, aggregate(res, workers, acked)
+}
+
+func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) error {
+	hist, pubHist, resume := newHist(), newHist(), newHist()
+	var startC, stopC, fin Counts
+	subsByRoom := map[string][]subEnd{}
+	for _, wp := range workers {
+		f := wp.final
+		startC.add(wp.started.Counts)
+		stopC.add(wp.stopped.Counts)
+		fin.add(f.Counts)
+		for k, v := range f.Errors {
+			res.ConnectErrors[k] += v
+		}
+		for _, pair := range []struct {
+			dst *hdrhistogram.Histogram
+			src []byte
+		}{{hist, f.Hist}, {pubHist, f.PubHist}, {resume, f.Resume}} {
+			h, err := decodeHist(pair.src)
+			if err != nil {
+				return err
+			}
+			pair.dst.Merge(h)
+		}
+		for _, r := range f.Rooms {
+			acked[r.Room] = append(acked[r.Room], r.Acked...)
+			subsByRoom[r.Room] = append(subsByRoom[r.Room], r.Subs...)
+		}
+	}
+	for room, subs := range subsByRoom {
+		seqs := acked[room]
+		slices.Sort(seqs)
+		for _, s := range subs {
+			i := sort.Search(len(seqs), func(i int) bool { return seqs[i] > s.Start })
+			if want := uint64(len(seqs) - i); want > s.Received {
+				res.Lost += want - s.Received
+			}
+		}
+	}
+	res.Counts = Counts{
+		Connected: fin.Connected, Subscribed: fin.Subscribed,
+		Delivered: fin.Delivered - startC.Delivered, Published: fin.Published - startC.Published,
+		Acked: fin.Acked - startC.Acked, PubErrors: fin.PubErrors - startC.PubErrors,
+		Dups: fin.Dups, Disorder: fin.Disorder, Dropped: fin.Dropped, Resumed: fin.Resumed, NotRecovered: fin.NotRecovered,
+	}
+	window := res.Seconds
+	res.DeliveredPerS = float64(stopC.Delivered-startC.Delivered) / window
+	res.AckedPerS = float64(stopC.Acked-startC.Acked) / window
+	res.Latency = percentiles(hist)
+	res.PubLatency = percentiles(pubHist)
+	res.Resume = percentiles(resume)
+	return nil
+}
+
+// Print writes the human summary.
+func (r *Result) Print(w io.Writer) {
+	s := r.Spec
+	fmt.Fprintf(w, "\n== %s: %d connections (%d workers, %d edges URLs, %d source addresses), %d rooms, %s measured\n",
+		s.Scenario, s.Conns, s.Workers, len(s.URLs), s.Sources, s.Rooms, time.Duration(r.Seconds*float64(time.Second)).Round(time.Second))
+	fmt.Fprintf(w, "connected   %d (%d subscribed) in %.1fs\n", r.Connected, r.Subscribed, r.ConnectSeconds)
+	if len(r.ConnectErrors) > 0 {
+		keys := make([]string, 0, len(r.ConnectErrors))
+		for k := range r.ConnectErrors {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s=%d", k, r.ConnectErrors[k]))
+		}
+		fmt.Fprintf(w, "errors      %s\n", strings.Join(parts, " "))
+	}
+	fmt.Fprintf(w, "delivered   %d (%.0f/s)   lost %d   duplicates %d   out of order %d\n", r.Counts.Delivered, r.DeliveredPerS, r.Lost, r.Counts.Dups, r.Counts.Disorder)
+	if r.BackendPub > 0 {
+		fmt.Fprintf(w, "backend     %d published (%d errors)\n", r.BackendPub, r.BackendErrors)
+	}
+	if r.Counts.Published > 0 {
+		fmt.Fprintf(w, "publishes   %d sent, %d acked (%.0f/s), %d errors\n", r.Counts.Published, r.Counts.Acked, r.AckedPerS, r.Counts.PubErrors)
+		fmt.Fprintf(w, "ack latency %s\n", r.PubLatency)
+	}
+	fmt.Fprintf(w, "latency     %s\n", r.Latency)
+	if r.Counts.Resumed > 0 || s.Scenario == Reconnect {
+		fmt.Fprintf(w, "resumed     %d (not recovered %d, dropped %d), resume latency %s\n", r.Counts.Resumed, r.Counts.NotRecovered, r.Counts.Dropped, r.Resume)
+	} else if r.Counts.Dropped > 0 {
+		fmt.Fprintf(w, "dropped     %d connections during the run\n", r.Counts.Dropped)
+	}
+	var rss int64
+	for _, p := range r.ProcsAtReady {
+		rss += p.RSSLast
+	}
+	for _, p := range r.Procs {
+		fmt.Fprintf(w, "proc        %s\n", p)
+	}
+	if r.Connected > 0 && rss > 0 {
+		fmt.Fprintf(w, "memory      %.1f MiB in sampled processes at ready = %.1f KiB per connection\n", float64(rss)/(1<<20), float64(rss)/1024/float64(r.Connected))
+	}
+}
+
+func startWorker(ctx context.Context, exe string, ws workerSpec) (*workerProc, error) {
+	cmd := exec.CommandContext(ctx, exe, "worker")
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start worker: %w", err)
+	}
+	b, _ := json.Marshal(ws)
+	if _, err := stdin.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("send spec: %w", err)
+	}
+	wp := &workerProc{cmd: cmd, stdin: stdin, ready: make(chan struct{}), finaled: make(chan struct{})}
+	go func() {
+		defer close(wp.finaled)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<30)
+		readyOnce := sync.Once{}
+		for sc.Scan() {
+			var r report
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				wp.err = fmt.Errorf("worker %d: bad report: %w", ws.Index, err)
+				continue
+			}
+			wp.mu.Lock()
+			wp.last = r
+			switch r.Type {
+			case "ready":
+				readyOnce.Do(func() { close(wp.ready) })
+			case "started":
+				wp.started = r
+			case "stopped":
+				wp.stopped = r
+			case "final":
+				wp.final = &r
+			case "error":
+				wp.err = errors.New(r.Message)
+			}
+			wp.mu.Unlock()
+		}
+		if wp.err == nil {
+			wp.err = sc.Err()
+		}
+	}()
+	return wp, nil
+}
+
+func total(ws []*workerProc, f func(report) int) int {
+	n := 0
+	for _, wp := range ws {
+		wp.mu.Lock()
+		n += f(wp.last)
+		wp.mu.Unlock()
+	}
+	return n
+}
+
+func sum(ws []*workerProc) Counts {
+	var c Counts
+	for _, wp := range ws {
+		wp.mu.Lock()
+		c.add(wp.last.Counts)
+		wp.mu.Unlock()
+	}
+	return c
+}
+
+// backend publishes like a backend service, straight to JetStream, at
+// MsgRate per room, and remembers the acked seqs per room.
+type backend struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	nc     *nats.Conn
+	mu     sync.Mutex
+	acked  map[string][]uint64
+	sent   uint64
+	errs   uint64
+}
+
+func startBackend(ctx context.Context, spec Spec) (*backend, error) {
+	nc, err := nats.Connect(spec.NATS, nats.Name("parley-loadgen-backend"))
+	if err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	b := &backend{cancel: cancel, done: make(chan struct{}), nc: nc, acked: map[string][]uint64{}}
+	rooms := make([]string, spec.Rooms)
+	for i := range rooms {
+		rooms[i] = fmt.Sprintf("%sr%d", spec.Prefix, i)
+	}
+	total := spec.MsgRate * float64(spec.Rooms)
+	const step = 10 * time.Millisecond
+	go func() {
+		defer close(b.done)
+		tick := time.NewTicker(step)
+		defer tick.Stop()
+		began := time.Now()
+		var n uint64
+		for {
+			select {
+			case <-ctx.Done():
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-time.After(10 * time.Second):
+				}
+				return
+			case <-tick.C:
+			}
+			due := uint64(time.Since(began).Seconds() * total)
+			for ; n < due; n++ {
+				room := rooms[n%uint64(len(rooms))]
+				msg := nats.NewMsg("chat.room." + room)
+				msg.Data = fmt.Appendf(nil, `{"from":"loadgen","data":%s}`, payload(spec.Payload))
+				fut, err := js.PublishMsgAsync(msg)
+				b.mu.Lock()
+				b.sent++
+				if err != nil {
+					b.errs++
+					b.mu.Unlock()
+					continue
+				}
+				b.mu.Unlock()
+				go func() {
+					select {
+					case ack := <-fut.Ok():
+						b.mu.Lock()
+						b.acked[room] = append(b.acked[room], ack.Sequence)
+						b.mu.Unlock()
+					case <-fut.Err():
+						b.mu.Lock()
+						b.errs++
+						b.mu.Unlock()
+					}
+				}()
+			}
+		}
+	}()
+	return b, nil
+}
+
+func (b *backend) stop() (sent, errs uint64, acked map[string][]uint64) {
+	b.cancel()
+	<-b.done
+	time.Sleep(100 * time.Millisecond) // the last ack goroutines
+	b.nc.Close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sent, b.errs, b.acked
+}
