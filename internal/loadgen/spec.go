@@ -24,22 +24,22 @@ const (
 // Spec is one run.
 type Spec struct {
 	Scenario string        `json:"scenario"`
-	URLs     []string      `json:"urls"`      // edge WebSocket URLs, connections spread round-robin
-	NATS     string        `json:"nats"`      // NATS URL for the backend publisher (fanout, reconnect)
-	Conns    int           `json:"conns"`     // total connections
-	Workers  int           `json:"workers"`   // worker processes
-	Rate     float64       `json:"rate"`      // connections opened per second, all workers together
-	Rooms    int           `json:"rooms"`     // connection i is in room i % Rooms
-	MsgRate  float64       `json:"msg_rate"`  // fanout/reconnect: backend msg/s per room; pubsub: per client
-	Payload  int           `json:"payload"`   // padding bytes per message
-	Duration time.Duration `json:"duration"`  // measured phase
-	Sources  int           `json:"sources"`   // source addresses 127.0.0.2 … (ephemeral ports are per address)
-	Window   int           `json:"window"`    // publish: publishes in flight per connection
-	Ramp     time.Duration `json:"ramp"`      // connect phase bound
-	Prefix   string        `json:"prefix"`    // room and user name prefix (distinct per run)
-	Token    string        `json:"token"`     // JWT for every connection; empty: ?user= (insecure edges)
-	Procs    []string      `json:"procs"`     // process names sampled from /proc (comm)
-	Progress time.Duration `json:"progress"`  // progress line period
+	URLs     []string      `json:"urls"`     // edge WebSocket URLs, connections spread round-robin
+	NATS     string        `json:"nats"`     // NATS URL for the backend publisher (fanout, reconnect)
+	Conns    int           `json:"conns"`    // total connections
+	Workers  int           `json:"workers"`  // worker processes
+	Rate     float64       `json:"rate"`     // connections opened per second, all workers together
+	Rooms    int           `json:"rooms"`    // connection i is in room i % Rooms
+	MsgRate  float64       `json:"msg_rate"` // fanout/reconnect: backend msg/s per room; pubsub: per client
+	Payload  int           `json:"payload"`  // padding bytes per message
+	Duration time.Duration `json:"duration"` // measured phase
+	Sources  int           `json:"sources"`  // source addresses 127.0.0.2 … (ephemeral ports are per address)
+	Window   int           `json:"window"`   // publish: publishes in flight per connection
+	Ramp     time.Duration `json:"ramp"`     // connect phase bound
+	Prefix   string        `json:"prefix"`   // room and user name prefix (distinct per run)
+	Token    string        `json:"token"`    // JWT for every connection; empty: ?user= (insecure edges)
+	Procs    []string      `json:"procs"`    // process names sampled from /proc (comm)
+	Progress time.Duration `json:"progress"` // progress line period
 }
 
 func (s *Spec) check() error {
@@ -73,30 +73,30 @@ type workerSpec struct {
 
 // report is one line a worker writes to the coordinator.
 type report struct {
-	Type     string        `json:"type"` // ready, progress, final, error
-	Worker   int           `json:"worker"`
-	Counts   Counts        `json:"counts"`
-	Hist     []byte        `json:"hist,omitempty"`   // final: encoded latency histogram
-	PubHist  []byte        `json:"pub_hist,omitempty"` // final: publish ack latency histogram
-	Rooms    []roomReport  `json:"rooms,omitempty"`  // final
-	Errors   map[string]int `json:"errors,omitempty"` // connect errors by cause
-	Resume   []byte        `json:"resume,omitempty"` // reconnect: resume latency histogram
-	Message  string        `json:"message,omitempty"`
+	Type    string         `json:"type"` // ready, progress, final, error
+	Worker  int            `json:"worker"`
+	Counts  Counts         `json:"counts"`
+	Hist    []byte         `json:"hist,omitempty"`     // final: encoded latency histogram
+	PubHist []byte         `json:"pub_hist,omitempty"` // final: publish ack latency histogram
+	Rooms   []roomReport   `json:"rooms,omitempty"`    // final
+	Errors  map[string]int `json:"errors,omitempty"`   // connect errors by cause
+	Resume  []byte         `json:"resume,omitempty"`   // reconnect: resume latency histogram
+	Message string         `json:"message,omitempty"`
 }
 
 // Counts are monotonically increasing counters of one worker.
 type Counts struct {
-	Connected  int    `json:"connected"`
-	Subscribed int    `json:"subscribed"`
-	Delivered  uint64 `json:"delivered"`
-	Published  uint64 `json:"published"`
-	Acked      uint64 `json:"acked"`
-	PubErrors  uint64 `json:"pub_errors"`
-	Dups       uint64 `json:"dups"`
-	Disorder   uint64 `json:"disorder"`
-	Dropped    int    `json:"dropped"` // connections lost during the run
-	Resumed    int    `json:"resumed"`
-	NotRecovered int  `json:"not_recovered"`
+	Connected    int    `json:"connected"`
+	Subscribed   int    `json:"subscribed"`
+	Delivered    uint64 `json:"delivered"`
+	Published    uint64 `json:"published"`
+	Acked        uint64 `json:"acked"`
+	PubErrors    uint64 `json:"pub_errors"`
+	Dups         uint64 `json:"dups"`
+	Disorder     uint64 `json:"disorder"`
+	Dropped      int    `json:"dropped"` // connections lost during the run
+	Resumed      int    `json:"resumed"`
+	NotRecovered int    `json:"not_recovered"`
 }
 
 func (c *Counts) add(o Counts) {
@@ -117,9 +117,9 @@ func (c *Counts) add(o Counts) {
 // that subscribed at seq Start should have received every acked seq of the
 // room above Start.
 type roomReport struct {
-	Room     string   `json:"room"`
-	Subs     []subEnd `json:"subs,omitempty"`
-	Acked    []uint64 `json:"acked,omitempty"` // seqs this worker's publishers got acked
+	Room  string   `json:"room"`
+	Subs  []subEnd `json:"subs,omitempty"`
+	Acked []uint64 `json:"acked,omitempty"` // seqs this worker's publishers got acked
 }
 
 type subEnd struct {

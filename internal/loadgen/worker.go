@@ -27,12 +27,12 @@ func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 300_000_000,
 
 // worker runs its share of the connections.
 type worker struct {
-	spec workerSpec
-	out  *json.Encoder
+	spec  workerSpec
+	out   *json.Encoder
 	outMu sync.Mutex
 
-	connected, subscribed, dropped, resumed, notRecovered atomic.Int64
-	delivered, published, acked, pubErrors, dups, disorder  atomic.Uint64
+	connected, subscribed, dropped, resumed, notRecovered  atomic.Int64
+	delivered, published, acked, pubErrors, dups, disorder atomic.Uint64
 
 	histMu  sync.Mutex
 	hist    *hdrhistogram.Histogram
@@ -42,7 +42,7 @@ type worker struct {
 	errMu  sync.Mutex
 	errors map[string]int
 
-	ackMu sync.Mutex
+	ackMu     sync.Mutex
 	ackedSeqs map[string][]uint64 // room → acked seqs of this worker's publishes
 
 	conns []*conn
