@@ -94,12 +94,14 @@ func (c *Conn) close(code int, text string) {
 func (c *Conn) serve() {
 	go c.writeLoop()
 	c.joinPersonal()
+	c.e.presence.connected(c)
 	err := c.readLoop()
 	if err != nil && !isExpectedClose(err) {
 		c.log.Debug("read ended", "err", err)
 	}
 	c.close(websocket.CloseNormalClosure, "")
 	<-c.done
+	c.e.presence.disconnected(c)
 	for _, r := range c.rooms {
 		c.e.hub.Leave(r, c)
 	}
@@ -218,7 +220,7 @@ func (c *Conn) handle(line []byte) {
 	case protocol.OpHistory:
 		err = c.history(&req)
 	case protocol.OpPresence:
-		err = fmt.Errorf("%w: presence is not served by this edge yet", protocol.ErrUnavailable)
+		err = c.presence(&req)
 	case "":
 		err = fmt.Errorf("%w: op is required", protocol.ErrBadRequest)
 	default:

@@ -51,6 +51,8 @@ type Config struct {
 	AllowedOrigins []string
 	// Stream configures the chat stream the edge provisions at start.
 	Stream pjs.StreamOptions
+	// Presence configures the edge's presence events (presence.go).
+	Presence PresenceConfig
 
 	MaxConnections       int           // 0: unlimited
 	MaxFrameBytes        int           // a larger client frame gets too_large and is discarded
@@ -162,6 +164,7 @@ func (c *Config) fillDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	c.Presence.fillDefaults()
 }
 
 // Edge is one edge node.
@@ -179,6 +182,8 @@ type Edge struct {
 	feed   *natsFeed
 	hub    *Hub
 	pub    *publisher
+	// presence publishes this edge's presence events and join/leave pushes.
+	presence *presenceTracker
 
 	listener net.Listener
 	server   *http.Server
@@ -288,6 +293,10 @@ func (e *Edge) Start(ctx context.Context) error {
 		}()
 	})
 	e.pub = &publisher{nc: e.nc, js: js, metrics: e.metrics, timeout: e.cfg.PublishTimeout}
+	e.presence = newPresenceTracker(e.nc, e.log, e.cfg.Presence)
+	if err := e.presence.start(); err != nil {
+		return err
+	}
 
 	ln, err := listen(ctx, e.cfg.Listen, e.cfg.ReusePort)
 	if err != nil {
@@ -361,6 +370,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	if serr := <-shutdownErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
+	e.presence.close() // after the connections' leaves: bye is the last word
 	if derr := e.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
 		err = errors.Join(err, fmt.Errorf("drain nats: %w", derr))
 	}

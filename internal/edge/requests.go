@@ -82,6 +82,7 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 		frames = append(frames, d.Frame)
 	}
 	c.rooms[req.Room] = r
+	c.e.presence.joined(c, req.Room)
 	c.e.metrics.Subscriptions.Inc()
 	if !r.start(c, seq, frames...) {
 		c.close(protocol.CloseSlowConsumer, "slow consumer: outbound queue overflowed; reconnect and resume with since")
@@ -158,6 +159,7 @@ func (c *Conn) unsubscribe(req *protocol.Request) error {
 		return fmt.Errorf("%w: not subscribed to room %s", protocol.ErrNotFound, req.Room)
 	}
 	delete(c.rooms, req.Room)
+	c.e.presence.left(c, req.Room)
 	c.e.hub.Leave(r, c)
 	c.e.metrics.Subscriptions.Dec()
 	c.reply(protocol.Reply{ID: req.ID, OK: true})

@@ -1,0 +1,379 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/parley-mesh/parley/internal/presence"
+	"github.com/parley-mesh/parley/internal/protocol"
+)
+
+// PresenceConfig is the edge's side of presence (docs/presence.md).
+type PresenceConfig struct {
+	// EdgeID names this edge in presence events; default "edge-" + random.
+	// Give a stable id (the pod name) only if two edges never share it.
+	EdgeID string
+	// Heartbeat is how often the edge tells presence workers it is alive;
+	// keep it well under the workers' --edge-timeout (default 10 s).
+	Heartbeat time.Duration
+	// MaxUsers bounds a presence reply (at most presence.MaxQueryUsers).
+	MaxUsers int
+}
+
+func (p *PresenceConfig) fillDefaults() {
+	if p.EdgeID == "" {
+		p.EdgeID = "edge-" + rand.Text()[:12]
+	}
+	if p.Heartbeat <= 0 {
+		p.Heartbeat = 2 * time.Second
+	}
+	if p.MaxUsers <= 0 || p.MaxUsers > presence.MaxQueryUsers {
+		p.MaxUsers = presence.MaxQueryUsers
+	}
+}
+
+// presenceTracker counts, per (room, user), this edge's connections and
+// publishes every change as an absolute count with a sequence number. A
+// heartbeat carries only the edge id, the sequence and a digest of the
+// counts, so its cost does not grow with users; the whole state travels
+// only when a worker asks for it (after a gap, a digest mismatch, its own
+// restart). It also holds one NATS subscription per room with local
+// subscribers, for the join/leave pushes.
+type presenceTracker struct {
+	nc  *nats.Conn
+	log *slog.Logger
+	cfg PresenceConfig
+
+	mu      sync.Mutex
+	seq     uint64
+	counts  map[presenceKey]*localCount // room "" counts connections
+	digest  uint64
+	rooms   map[string]*presenceRoom
+	stopped bool
+	syncing *time.Timer // a snapshot is scheduled
+
+	syncSub *nats.Subscription
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+type presenceKey struct{ room, user string }
+
+type localCount struct {
+	conns int
+	since int64 // Unix ms the count went from 0 to 1
+}
+
+type presenceRoom struct {
+	sub   *nats.Subscription
+	conns map[*Conn]struct{}
+}
+
+// syncDelay coalesces snapshot requests from several worker replicas into
+// one snapshot.
+const syncDelay = 50 * time.Millisecond
+
+func newPresenceTracker(nc *nats.Conn, log *slog.Logger, cfg PresenceConfig) *presenceTracker {
+	return &presenceTracker{
+		nc: nc, log: log.With("edge", cfg.EdgeID), cfg: cfg,
+		counts: make(map[presenceKey]*localCount),
+		rooms:  make(map[string]*presenceRoom),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+}
+
+// start says hello (a restarted edge with the same id drops its previous
+// incarnation's users), listens for snapshot requests and starts beating.
+func (t *presenceTracker) start() error {
+	if !protocol.ValidName(t.cfg.EdgeID) {
+		return fmt.Errorf("edge id %q is not 1-%d characters of [A-Za-z0-9_-]", t.cfg.EdgeID, protocol.MaxNameLen)
+	}
+	sub, err := t.nc.Subscribe(presence.SyncSubject(t.cfg.EdgeID), t.onSync)
+	if err != nil {
+		return fmt.Errorf("subscribe presence sync: %w", err)
+	}
+	t.syncSub = sub
+	t.mu.Lock()
+	t.publishLocked(presence.EdgeMsg{Kind: presence.KindHello})
+	t.mu.Unlock()
+	go t.beat()
+	return nil
+}
+
+func (t *presenceTracker) beat() {
+	defer close(t.done)
+	tick := time.NewTicker(t.cfg.Heartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			t.mu.Lock()
+			if !t.stopped {
+				t.publishLocked(presence.EdgeMsg{Kind: presence.KindHeartbeat, Entries: len(t.counts), Digest: presence.FormatDigest(t.digest)})
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+// close says bye, so workers drop this edge's users at once instead of after
+// the timeout. The edge calls it after its connections are closed.
+func (t *presenceTracker) close() {
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		return
+	}
+	t.publishLocked(presence.EdgeMsg{Kind: presence.KindBye})
+	t.stopped = true
+	if t.syncing != nil {
+		t.syncing.Stop()
+	}
+	for room, pr := range t.rooms {
+		if pr.sub != nil {
+			_ = pr.sub.Unsubscribe()
+		}
+		delete(t.rooms, room)
+	}
+	t.mu.Unlock()
+	if t.syncSub != nil {
+		_ = t.syncSub.Unsubscribe()
+	}
+	close(t.stop)
+	<-t.done
+}
+
+// publishLocked stamps m with the edge id and sequence and publishes it.
+// Holding t.mu orders publishes exactly as the sequence numbers say. A
+// failed publish only shows the worker a gap, which it repairs.
+func (t *presenceTracker) publishLocked(m presence.EdgeMsg) {
+	m.Edge, m.Seq = t.cfg.EdgeID, t.seq
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.log.Error("encode presence event", "err", err)
+		return
+	}
+	if err := t.nc.Publish(presence.EdgeSubject(t.cfg.EdgeID, m.Kind), b); err != nil {
+		t.log.Debug("publish presence event", "kind", m.Kind, "err", err)
+	}
+}
+
+func (t *presenceTracker) connected(c *Conn)           { t.change(c, "", 1) }
+func (t *presenceTracker) joined(c *Conn, room string) { t.change(c, room, 1) }
+func (t *presenceTracker) left(c *Conn, room string)   { t.change(c, room, -1) }
+
+// disconnected ends every room presence of c, then its connection.
+func (t *presenceTracker) disconnected(c *Conn) {
+	for room := range c.rooms {
+		t.change(c, room, -1)
+	}
+	t.change(c, "", -1)
+}
+
+func (t *presenceTracker) change(c *Conn, room string, delta int) {
+	user := c.ident.User
+	k := presenceKey{room, user}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	lc := t.counts[k]
+	old := 0
+	if lc != nil {
+		old = lc.conns
+	}
+	n := max(old+delta, 0)
+	if n == old {
+		return
+	}
+	if old > 0 {
+		t.digest ^= presence.EntryHash(room, user, old)
+	}
+	switch {
+	case n == 0:
+		delete(t.counts, k)
+	case lc == nil:
+		lc = &localCount{conns: n, since: time.Now().UnixMilli()}
+		t.counts[k] = lc
+	default:
+		lc.conns = n
+	}
+	var since int64
+	if n > 0 {
+		t.digest ^= presence.EntryHash(room, user, n)
+		since = lc.since
+	}
+	kind := presence.KindConnect
+	switch {
+	case room != "" && delta > 0:
+		kind = presence.KindJoin
+		t.addListener(room, c)
+	case room != "":
+		kind = presence.KindLeave
+		t.removeListener(room, c)
+	case delta < 0:
+		kind = presence.KindDisconnect
+	}
+	t.seq++
+	t.publishLocked(presence.EdgeMsg{Kind: kind, Room: room, User: user, Conns: n, Since: since})
+}
+
+// addListener puts c among room's push receivers, subscribing the edge to
+// the room's announcements with its first local member. The subscription
+// is registered before the join event goes out on the same connection, so
+// the member's own join announcement reaches it.
+func (t *presenceTracker) addListener(room string, c *Conn) {
+	pr := t.rooms[room]
+	if pr == nil {
+		pr = &presenceRoom{conns: make(map[*Conn]struct{})}
+		sub, err := t.nc.Subscribe(presence.RoomSubject(room), t.onAnnouncement(room))
+		if err != nil {
+			t.log.Warn("subscribe presence announcements", "room", room, "err", err)
+		} else {
+			// Pushes are at most once: a burst beyond this is dropped
+			// rather than held in memory.
+			_ = sub.SetPendingLimits(4096, 1<<20)
+			pr.sub = sub
+		}
+		t.rooms[room] = pr
+	}
+	pr.conns[c] = struct{}{}
+}
+
+func (t *presenceTracker) removeListener(room string, c *Conn) {
+	pr := t.rooms[room]
+	if pr == nil {
+		return
+	}
+	delete(pr.conns, c)
+	if len(pr.conns) == 0 {
+		if pr.sub != nil {
+			_ = pr.sub.Unsubscribe()
+		}
+		delete(t.rooms, room)
+	}
+}
+
+// onAnnouncement forwards a worker's join/leave of room to the local
+// members of room. Anyone may publish on the subject, so it is re-encoded
+// from validated fields rather than passed through.
+func (t *presenceTracker) onAnnouncement(room string) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		var a presence.Announcement
+		if err := json.Unmarshal(m.Data, &a); err != nil || a.Room != room || !protocol.ValidName(a.User) ||
+			(a.Op != protocol.OpJoin && a.Op != protocol.OpLeave) {
+			t.log.Debug("ignoring invalid presence announcement", "room", room)
+			return
+		}
+		// Names are [A-Za-z0-9_-]: nothing to escape.
+		frame := []byte(`{"op":"` + a.Op + `","room":"` + room + `","user":"` + a.User + `"}`)
+		t.mu.Lock()
+		pr := t.rooms[room]
+		var conns []*Conn
+		if pr != nil {
+			conns = make([]*Conn, 0, len(pr.conns))
+			for c := range pr.conns {
+				conns = append(conns, c)
+			}
+		}
+		t.mu.Unlock()
+		for _, c := range conns {
+			c.deliver(frame)
+		}
+	}
+}
+
+// onSync schedules one snapshot for however many workers ask at once.
+func (t *presenceTracker) onSync(*nats.Msg) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped || t.syncing != nil {
+		return
+	}
+	t.syncing = time.AfterFunc(syncDelay, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.syncing = nil
+		if !t.stopped {
+			t.snapshotLocked()
+		}
+	})
+}
+
+// snapshotLocked publishes every count in parts. Holding t.mu keeps events
+// out from between the parts, so the snapshot is exactly the state at its
+// sequence number.
+func (t *presenceTracker) snapshotLocked() {
+	items := make([]presence.Entry, 0, min(len(t.counts), presence.MaxSnapshotPart))
+	part := 0
+	flush := func(final bool) {
+		m := presence.EdgeMsg{Kind: presence.KindSnapshot, Part: part, Final: final, Items: items}
+		if final {
+			m.Entries, m.Digest = len(t.counts), presence.FormatDigest(t.digest)
+		}
+		t.publishLocked(m)
+		part++
+		items = items[:0]
+	}
+	for k, lc := range t.counts {
+		items = append(items, presence.Entry{Room: k.room, User: k.user, Conns: lc.conns, Since: lc.since})
+		if len(items) == presence.MaxSnapshotPart {
+			flush(false)
+		}
+	}
+	flush(true)
+	t.log.Debug("sent presence snapshot", "entries", len(t.counts), "parts", part)
+}
+
+// presence handles "presence": the users in a room, asked of whichever
+// presence worker answers first.
+func (c *Conn) presence(req *protocol.Request) error {
+	if err := protocol.CheckName("room", req.Room); err != nil {
+		return err
+	}
+	if !c.ident.CanSubscribe(req.Room) {
+		return fmt.Errorf("%w: your token does not allow room %s", protocol.ErrForbidden, req.Room)
+	}
+	t := c.e.presence
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.RequestTimeout)
+	defer cancel()
+	q, _ := json.Marshal(presence.Query{Room: req.Room, Limit: t.cfg.MaxUsers})
+	m, err := c.e.nc.RequestWithContext(ctx, presence.QuerySubject, q)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w: no presence service is running", protocol.ErrUnavailable)
+	case err != nil:
+		return fmt.Errorf("%w: presence service did not answer: %w", protocol.ErrUnavailable, err)
+	}
+	var r presence.QueryReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return fmt.Errorf("%w: undecodable presence reply: %w", protocol.ErrInternal, err)
+	}
+	if r.Error != nil {
+		return fmt.Errorf("%w: presence service: %s", protocol.ErrUnavailable, r.Error.Message)
+	}
+	users := make([]string, 0, min(len(r.Users), t.cfg.MaxUsers))
+	for _, u := range r.Users {
+		if protocol.ValidName(u) && len(users) < t.cfg.MaxUsers {
+			users = append(users, u)
+		}
+	}
+	reply := protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Users: users}
+	if r.Total > len(users) {
+		reply.Reason = fmt.Sprintf("%d users present; the first %d by name are listed", r.Total, len(users))
+	}
+	c.reply(reply)
+	return nil
+}
