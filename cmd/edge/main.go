@@ -78,6 +78,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.Int64Var(&c.Stream.MaxMsgsPerSubject, "stream-max-msgs-per-subject", c.Stream.MaxMsgsPerSubject, "messages kept per room/user (0: no limit)")
 
 	fs.BoolVar(&c.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several edge processes share --listen")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ (do not expose publicly)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "refuse connections beyond this many (0: unlimited)")
 	fs.IntVar(&c.MaxRecover, "max-recover", c.MaxRecover, "messages replayed by one sub with since or last")
 	fs.IntVar(&c.MaxHistory, "max-history", c.MaxHistory, "messages in one history reply")
@@ -139,6 +140,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		nc, srv, err = o.startEmbedded(log)
 		if err == nil {
 			defer srv.Shutdown() // after the edge drained: JetStream flushes its files
+			defer startDevPresence(srv, o, log)() // starts now, stops after the edge drained
 		}
 	} else {
 		if !o.edge.Auth.Enabled() && !o.edge.Insecure {

@@ -47,23 +47,34 @@ type Conn struct {
 	closeText string
 	closing   chan struct{} // closed when the connection must end
 	done      chan struct{} // closed when the writer has finished
+	pinger    *time.Timer   // asks for a WebSocket ping every PingInterval
+	attached  atomic.Bool   // ws is set (see attach)
 }
 
 func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn {
 	cfg := &e.cfg
-	return &Conn{
+	c := &Conn{
 		id:       id,
 		e:        e,
 		ws:       ws,
 		ident:    ident,
 		log:      e.log.With("conn", id, "user", ident.User),
-		out:      newOutbox(cfg.MaxQueuedMsgs, cfg.MaxQueuedBytes),
+		out:      newOutbox(cfg.MaxQueuedMsgs, cfg.MaxQueuedBytes, nil),
 		rooms:    make(map[string]*room),
 		reqLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
 		pubLimit: rate.NewLimiter(rate.Limit(cfg.PublishRate), cfg.PublishBurst),
 		closing:  make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	return c
+}
+
+// attach gives the connection its WebSocket once the upgrade succeeded and
+// lets its writer run (frames may already be queued: see serveWS).
+func (c *Conn) attach(ws *websocket.Conn) {
+	c.ws = ws
+	c.attached.Store(true)
+	c.out.setStart(func() { go c.writeLoop() })
 }
 
 // deliver queues a frame; a full queue makes this a slow consumer.
@@ -84,16 +95,18 @@ func (c *Conn) close(code int, text string) {
 			// The writer is probably blocked on a full socket: cut that write
 			// short now instead of holding the connection for WriteTimeout.
 			// The close frame after it is best effort.
-			_ = c.ws.NetConn().SetWriteDeadline(time.Now())
+			if c.attached.Load() {
+				_ = c.ws.NetConn().SetWriteDeadline(time.Now())
+			}
 		}
 	})
 }
 
-// serve runs the connection until it ends; it is called on the HTTP
-// handler's goroutine, which becomes the reader.
+// serve runs the connection until it ends, on a goroutine that is the
+// connection's reader; a writer runs only while there is something to send.
 func (c *Conn) serve() {
-	go c.writeLoop()
-	c.joinPersonal()
+	c.schedulePing()
+	defer c.pinger.Stop()
 	c.e.presence.connected(c)
 	err := c.readLoop()
 	if err != nil && !isExpectedClose(err) {
@@ -114,17 +127,24 @@ func (c *Conn) serve() {
 
 // joinPersonal puts the connection in its user's DM topic and the broadcast
 // topic: these start live, there is nothing to resume.
-func (c *Conn) joinPersonal() {
+func (c *Conn) joinPersonal() error {
 	for _, topic := range []string{dmTopic(c.ident.User), broadcastTopic} {
 		r, err := c.e.hub.Join(topic, c, c.e.cfg.MaxQueuedMsgs)
 		if err != nil {
-			c.log.Warn("join personal topic", "topic", topic, "err", err)
-			c.close(protocol.CloseShuttingDown, "edge cannot reach NATS; reconnect")
-			return
+			c.leavePersonal()
+			return fmt.Errorf("join %s: %w", topic, err)
 		}
 		c.personal = append(c.personal, r)
 		r.start(c, 0)
 	}
+	return nil
+}
+
+func (c *Conn) leavePersonal() {
+	for _, r := range c.personal {
+		c.e.hub.Leave(r, c)
+	}
+	c.personal = nil
 }
 
 func isExpectedClose(err error) bool {
@@ -167,7 +187,7 @@ func (c *Conn) readLoop() error {
 			c.replyErr(0, fmt.Errorf("%w: frame of %d bytes exceeds the limit of %d", protocol.ErrTooLarge, size, cfg.MaxFrameBytes))
 			c.strike()
 		default:
-			protocol.SplitFrame(frame, c.handle)
+			c.handleFrame(frame)
 		}
 		select {
 		case <-c.closing:
@@ -175,6 +195,20 @@ func (c *Conn) readLoop() error {
 		default:
 		}
 	}
+}
+
+// handleFrame runs the frame's requests on a short-lived goroutine while the
+// reader waits: requests keep their order and stay single-threaded, but the
+// deep stack they need (JSON, NATS, JetStream) goes away with the goroutine.
+// The reader itself then sits in its read with a small stack: at 100,000
+// idle connections that is most of the edge's memory.
+func (c *Conn) handleFrame(frame []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		protocol.SplitFrame(frame, c.handle)
+	}()
+	<-done
 }
 
 // strike counts abuse; too much in one window ends the connection.
@@ -281,47 +315,65 @@ func (c *Conn) replyErr(id int64, err error) {
 	c.reply(protocol.ErrorReply(id, err))
 }
 
-// writeLoop sends queued frames, several per WebSocket message when the
-// client is behind, and keeps the connection alive with pings.
+// writeLoop runs while there is something to send (see outbox): queued
+// frames, several per WebSocket message when the client is behind, a due
+// ping, or the connection's end.
 func (c *Conn) writeLoop() {
-	defer close(c.done)
-	defer c.ws.Close()
 	cfg := &c.e.cfg
-	ping := time.NewTicker(cfg.PingInterval)
-	defer ping.Stop()
-	var batch [][]byte
+	var spare [][]byte
 	for {
-		select {
-		case <-c.out.wake:
-			batch = c.out.take(batch)
-			if err := c.writeBatch(batch); err != nil {
-				c.close(websocket.CloseAbnormalClosure, "")
-				c.log.Debug("write failed", "err", err, "close_code", c.closeCode)
-				// No close frame: the socket is failing or full.
-				c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
-				return
-			}
-			clear(batch)
-		case <-ping.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteTimeout)); err != nil {
-				c.close(websocket.CloseAbnormalClosure, "")
-				return
-			}
-		}
-		select {
-		case <-c.closing:
-			c.finish()
+		frames, ping, idle, closed := c.out.take(spare)
+		switch {
+		case idle:
 			return
-		default:
+		case closed:
+			c.finish(frames)
+			return
 		}
+		if ping {
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteTimeout)); err != nil {
+				c.writeFailed(err)
+				return
+			}
+		}
+		if err := c.writeBatch(frames); err != nil {
+			c.writeFailed(err)
+			return
+		}
+		clear(frames)
+		spare = frames
 	}
 }
 
-// finish flushes what is queued (unless the client was too slow for it),
+// schedulePing asks for a ping every PingInterval until the connection ends.
+func (c *Conn) schedulePing() {
+	c.pinger = time.AfterFunc(c.e.cfg.PingInterval, func() {
+		c.out.pingDue()
+		select {
+		case <-c.closing:
+		default:
+			c.pinger.Reset(c.e.cfg.PingInterval)
+		}
+	})
+}
+
+// writeFailed ends the connection after a failed write: no close frame, the
+// socket is failing or full.
+func (c *Conn) writeFailed(err error) {
+	c.close(websocket.CloseAbnormalClosure, "")
+	c.log.Debug("write failed", "err", err, "close_code", c.closeCode)
+	c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
+	c.ws.Close()
+	close(c.done)
+}
+
+// finish sends what is queued (unless the client was too slow for it),
 // then says goodbye with the close code.
-func (c *Conn) finish() {
+func (c *Conn) finish(frames [][]byte) {
+	defer close(c.done)
+	defer c.ws.Close()
 	if c.closeCode != protocol.CloseSlowConsumer && c.closeCode != websocket.CloseAbnormalClosure {
-		_ = c.writeBatch(c.out.take(nil))
+		_ = c.writeBatch(frames)
 	}
 	if c.closeCode == websocket.CloseAbnormalClosure {
 		return

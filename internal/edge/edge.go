@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -41,6 +43,8 @@ type Config struct {
 	// ReusePort sets SO_REUSEPORT on the listener so several edge processes
 	// on one host can share the port (the kernel spreads connections).
 	ReusePort bool
+	// Pprof serves net/http/pprof under /debug/pprof/ on the same listener.
+	Pprof bool
 	// Insecure accepts ?user=NAME without a token (dev mode only).
 	Insecure bool
 	// Auth holds the JWT keys; when empty only insecure mode can connect.
@@ -76,6 +80,10 @@ type Config struct {
 	MaxRecover           int           // messages replayed by one sub with since/last
 	MaxHistory           int           // messages in one history reply
 	MaxHistoryBytes      int           // bytes of messages in one history reply
+	// ArchiveSubject is where the archivers' history service answers: the
+	// edge asks it for what the stream no longer holds (history past
+	// retention, resumes). Empty: no archive, answers from the stream alone.
+	ArchiveSubject string
 	// LivePendingMsgs bounds what the NATS client buffers per live topic
 	// before dropping (gap repair then reads the drops from the stream).
 	LivePendingMsgs int
@@ -109,6 +117,7 @@ func DefaultConfig() Config {
 		MaxRecover:           1000,
 		MaxHistory:           500,
 		MaxHistoryBytes:      1 << 20,
+		ArchiveSubject:       pjs.ArchiveHistorySubject,
 		LivePendingMsgs:      1 << 16,
 	}
 }
@@ -238,8 +247,10 @@ func New(cfg Config, nc *nats.Conn) (*Edge, error) {
 	}, func() float64 { return float64(nc.Stats().Reconnects) }))
 	e.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   4096,
-		WriteBufferSize:  4096,
+		// Frames larger than the read buffer are read in several steps; a
+		// small buffer keeps idle connections cheap.
+		ReadBufferSize:  1024,
+		WriteBufferSize: 4096,
 		// Idle connections hold no write buffer: it is taken per write.
 		WriteBufferPool: &sync.Pool{},
 		CheckOrigin:     e.checkOrigin,
@@ -271,7 +282,7 @@ func (e *Edge) Start(ctx context.Context) error {
 		dropped:       e.metrics.DroppedLive.Inc,
 		gapRepaired:   func(n int) { e.metrics.GapsRepaired.Inc(); e.metrics.GapMessages.Add(float64(n)) },
 		gapUnrepaired: e.metrics.GapsUnrepaired.Inc,
-		pendingMsgs:   e.cfg.LivePendingMsgs,
+		shards:        newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs),
 	}
 	e.hub = NewHub(e.feed)
 	e.hub.observer = hubObserver{
@@ -374,6 +385,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	if derr := e.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
 		err = errors.Join(err, fmt.Errorf("drain nats: %w", derr))
 	}
+	if e.feed != nil {
+		e.feed.shards.stop() // every client is gone: nobody is owed a live message
+	}
 	e.log.Info("drained", "err", err)
 	return err
 }
@@ -399,6 +413,11 @@ func (e *Edge) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", e.serveWS)
 	mux.Handle("GET /metrics", metrics.Handler(e.registry))
+	if e.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -434,20 +453,32 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 		return
 	}
+	// The user's DM and the broadcast subscriptions exist before the client
+	// sees the upgrade succeed: a direct message sent to it from then on
+	// reaches it (frames wait in its queue until the socket is attached).
+	c := newConn(e, e.nextConn.Add(1), nil, ident)
+	if err := c.joinPersonal(); err != nil {
+		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
+		c.log.Warn("cannot serve a connection", "err", err)
+		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge cannot reach NATS; connect to another edge")
+		return
+	}
 	ws, err := e.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		// The upgrader already answered with an HTTP error.
+		c.leavePersonal()
 		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
 		return
 	}
 	e.metrics.ConnectsTotal.WithLabelValues("ok").Inc()
-	c := newConn(e, e.nextConn.Add(1), ws, ident)
+	c.attach(ws)
 
 	// Registration and the drain's start are ordered by e.mu: a connection
 	// either is counted before Shutdown waits, or sees the drain and leaves.
 	e.mu.Lock()
 	if e.draining.Load() {
 		e.mu.Unlock()
+		c.leavePersonal()
 		_ = ws.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge"),
 			time.Now().Add(time.Second))
@@ -457,8 +488,18 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.handlers.Add(1)
 	e.conns[c] = struct{}{}
 	e.mu.Unlock()
-	defer e.handlers.Done()
 	e.metrics.Connections.Inc()
+	c.log.Debug("connected", "remote", r.RemoteAddr)
+	// The connection lives on a goroutine of its own so that this handler
+	// returns: net/http then lets go of its per-connection state (request,
+	// buffered writer, the handler's deep stack), several KiB per idle
+	// WebSocket.
+	go e.runConn(c, ident)
+}
+
+// runConn serves an upgraded connection until it ends.
+func (e *Edge) runConn(c *Conn, ident *auth.Identity) {
+	defer e.handlers.Done()
 	defer func() {
 		e.mu.Lock()
 		delete(e.conns, c)
@@ -471,7 +512,6 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		})
 		defer t.Stop()
 	}
-	c.log.Debug("connected", "remote", r.RemoteAddr)
 	c.serve()
 	c.log.Debug("disconnected", "code", c.closeCode)
 }

@@ -437,7 +437,7 @@ func TestTokenExpiryClosesConnection(t *testing.T) {
 
 func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 	srv := natstest.StartJetStream(t)
-	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedMsgs = 256; c.MaxQueuedBytes = 2 << 20 })
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedMsgs = 1024; c.MaxQueuedBytes = 8 << 20 })
 	// The slow client never reads its messages: the client library stops
 	// reading the socket, TCP fills up, and the edge's queue overflows.
 	slow, err := client.Dial(ctxT(t), wsURL(e), client.WithUser("slow"), client.WithMessageBuffer(1))
@@ -450,7 +450,7 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 	subscribe(t, fast, "firehose")
 
 	js := natstest.JetStream(t, srv.URL())
-	const n = 2000
+	const n = 3000
 	payload := []byte(`{"data":"` + strings.Repeat("x", 8<<10) + `"}`)
 	done := make(chan error, 1)
 	go func() {

@@ -3,9 +3,11 @@ package edge
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,14 +28,61 @@ type natsFeed struct {
 	// closed (the stream no longer had them, or NATS did not answer).
 	gapRepaired   func(msgs int)
 	gapUnrepaired func()
-	// pendingMsgs bounds what nats.go buffers per topic before it drops
-	// (and reports a slow consumer); gap repair covers such drops.
-	pendingMsgs int
+	// shards buffer live messages (LivePendingMsgs per shard); when one is
+	// full nats.go drops and reports a slow consumer, and gap repair reads
+	// the dropped messages back from the stream.
+	shards *liveShards
 }
+
+// liveShards spreads live subscriptions over a few dispatcher goroutines.
+// nats.go gives every callback subscription a goroutine of its own; an edge
+// holds one subscription per room and one per connected user (direct
+// messages), so with 100,000 users that would be 100,000 goroutines. Channel
+// subscriptions instead share one channel per shard; a topic always maps to
+// the same shard, so its messages keep their order.
+type liveShards struct {
+	chans    []chan *nats.Msg
+	handlers sync.Map // *nats.Subscription → func(*nats.Msg)
+	done     chan struct{}
+}
+
+func newLiveShards(n, capacity int) *liveShards {
+	ls := &liveShards{chans: make([]chan *nats.Msg, n), done: make(chan struct{})}
+	for i := range ls.chans {
+		ch := make(chan *nats.Msg, capacity)
+		ls.chans[i] = ch
+		go ls.dispatch(ch)
+	}
+	return ls
+}
+
+func (ls *liveShards) dispatch(ch chan *nats.Msg) {
+	for {
+		select {
+		case m := <-ch:
+			if h, ok := ls.handlers.Load(m.Sub); ok {
+				h.(func(*nats.Msg))(m)
+			} // else: unsubscribed while the message was queued
+		case <-ls.done:
+			return
+		}
+	}
+}
+
+func (ls *liveShards) shard(subject string) chan *nats.Msg {
+	h := fnv.New32a()
+	h.Write([]byte(subject))
+	return ls.chans[h.Sum32()%uint32(len(ls.chans))]
+}
+
+// stop ends the dispatchers (nats.go never blocks on a full shard, so
+// messages arriving later are dropped).
+func (ls *liveShards) stop() { close(ls.done) }
 
 func (f *natsFeed) Subscribe(topic string, deliver func(Delivery)) (func(), error) {
 	target := pushTarget(topic)
-	sub, err := f.nc.Subscribe(pjs.LiveSubject(topic), func(m *nats.Msg) {
+	subject := pjs.LiveSubject(topic)
+	handle := func(m *nats.Msg) {
 		d, err := decodeLive(m, target)
 		if err != nil {
 			f.dropped()
@@ -41,21 +90,27 @@ func (f *natsFeed) Subscribe(topic string, deliver func(Delivery)) (func(), erro
 			return
 		}
 		deliver(d)
-	})
+	}
+	// A message that reaches the shard before the handler is stored is
+	// dropped: it was stored before the caller reads the topic's position
+	// (after this returns), so it is not owed to anyone.
+	sub, err := f.nc.ChanSubscribe(subject, f.shards.shard(subject))
 	if err != nil {
 		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
 	}
-	if f.pendingMsgs > 0 {
-		_ = sub.SetPendingLimits(f.pendingMsgs, -1)
+	f.shards.handlers.Store(sub, handle)
+	unsubscribe := func() {
+		_ = sub.Unsubscribe()
+		f.shards.handlers.Delete(sub)
 	}
 	// Wait until the server has the subscription: the caller's next step is
 	// reading the stream's last sequence, and everything stored after that
 	// must arrive here.
 	if err := f.nc.FlushTimeout(5 * time.Second); err != nil {
-		_ = sub.Unsubscribe()
+		unsubscribe()
 		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	return unsubscribe, nil
 }
 
 func (f *natsFeed) LastSeq(ctx context.Context, topic string) (uint64, error) {

@@ -39,19 +39,21 @@ type queueSub struct {
 
 func (q *queueSub) deliver(b []byte) { q.out.push(b) }
 
+// drain is the on-demand writer: it runs while something is queued.
 func (q *queueSub) drain() {
-	var batch [][]byte
-	for range q.out.wake {
-		batch = q.out.take(batch)
+	var spare [][]byte
+	for {
+		batch, _, idle, closed := q.out.take(spare)
+		if idle {
+			return
+		}
 		q.n += len(batch)
-		clear(batch)
-		q.out.mu.Lock()
-		closed := q.out.closed && len(q.out.frames) == 0
-		q.out.mu.Unlock()
 		if closed {
 			close(q.done)
 			return
 		}
+		clear(batch)
+		spare = batch
 	}
 }
 
@@ -64,8 +66,9 @@ func BenchmarkFanout(b *testing.B) {
 			hub := NewHub(feed)
 			subs := make([]*queueSub, n)
 			for i := range subs {
-				subs[i] = &queueSub{out: newOutbox(1<<20, 1<<30), done: make(chan struct{})}
-				go subs[i].drain()
+				sub := &queueSub{done: make(chan struct{})}
+				sub.out = newOutbox(1<<20, 1<<30, func() { go sub.drain() })
+				subs[i] = sub
 				r, err := hub.Join("chat.room.lobby", subs[i], 1024)
 				if err != nil {
 					b.Fatal(err)

@@ -5,6 +5,11 @@ import "sync"
 // outbox is a connection's bounded outbound queue. Producers (room fan-out,
 // publish acks, replies) never block on it: when it is full the connection
 // is a slow consumer and is closed, so one slow client never delays others.
+//
+// It runs its writer on demand: a goroutine is started when something is
+// queued and nobody is writing, and it ends when the queue is empty. An idle
+// connection therefore costs no writer goroutine (nor its stack), which is
+// most of the edge's memory per connection at 100,000 connections.
 type outbox struct {
 	mu       sync.Mutex
 	frames   [][]byte
@@ -12,11 +17,13 @@ type outbox struct {
 	maxMsgs  int
 	maxBytes int
 	closed   bool
-	wake     chan struct{} // capacity 1: "there is something to write"
+	writing  bool   // a writer goroutine is running
+	ping     bool   // a WebSocket ping is due
+	start    func() // starts the writer (go c.writeLoop())
 }
 
-func newOutbox(maxMsgs, maxBytes int) *outbox {
-	return &outbox{maxMsgs: maxMsgs, maxBytes: maxBytes, wake: make(chan struct{}, 1)}
+func newOutbox(maxMsgs, maxBytes int, start func()) *outbox {
+	return &outbox{maxMsgs: maxMsgs, maxBytes: maxBytes, start: start}
 }
 
 // push queues b. It returns false, and queues nothing, when the queue is
@@ -33,32 +40,67 @@ func (o *outbox) push(b []byte) (ok, overflow bool) {
 	}
 	o.frames = append(o.frames, b)
 	o.bytes += len(b)
-	o.mu.Unlock()
-	select {
-	case o.wake <- struct{}{}:
-	default:
-	}
+	o.kickLocked()
 	return true, false
 }
 
-// take hands the writer everything queued, reusing spare as the next queue
-// so steady traffic does not allocate.
-func (o *outbox) take(spare [][]byte) [][]byte {
+// pingDue asks the writer to send a ping.
+func (o *outbox) pingDue() {
 	o.mu.Lock()
-	out := o.frames
-	o.frames = spare[:0]
-	o.bytes = 0
-	o.mu.Unlock()
-	return out
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.ping = true
+	o.kickLocked()
 }
 
-// close stops accepting frames; what is queued can still be taken.
+// setStart installs the writer starter and starts it if frames wait.
+func (o *outbox) setStart(start func()) {
+	o.mu.Lock()
+	o.start = start
+	if len(o.frames) > 0 || o.ping || o.closed {
+		o.kickLocked()
+		return
+	}
+	o.mu.Unlock()
+}
+
+// kickLocked unlocks o.
+func (o *outbox) kickLocked() {
+	start := o.start
+	if o.writing || start == nil { // no socket yet: setStart will start it
+		o.mu.Unlock()
+		return
+	}
+	o.writing = true
+	o.mu.Unlock()
+	start()
+}
+
+// take hands the writer everything queued, reusing spare as the next queue
+// so steady traffic does not allocate, and whether a ping is due. With
+// nothing to do and the outbox open it returns idle: the writer must end
+// (and is no longer running). closed says the connection is ending: the
+// writer finishes it.
+func (o *outbox) take(spare [][]byte) (out [][]byte, ping, idle, closed bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out, ping = o.frames, o.ping
+	if len(out) == 0 && !ping && !o.closed {
+		o.writing = false
+		return nil, false, true, false
+	}
+	o.frames = spare[:0]
+	o.bytes = 0
+	o.ping = false
+	return out, ping, false, o.closed
+}
+
+// close stops accepting frames; what is queued can still be taken. It
+// starts a writer if none runs, so the connection is finished either way.
 func (o *outbox) close() {
 	o.mu.Lock()
 	o.closed = true
-	o.mu.Unlock()
-	select {
-	case o.wake <- struct{}{}:
-	default:
-	}
+	o.kickLocked()
 }
