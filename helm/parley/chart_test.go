@@ -987,3 +987,56 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("metrics not on the dashboard (add a panel in helm/parley/dashboards/parley.json): %v", missing)
 	}
 }
+
+// TestReadmeCoversEveryValue: every leaf of values.yaml has a row in the
+// README's values table (a row for an object covers its children).
+func TestReadmeCoversEveryValue(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([A-Za-z0-9_.]+)` \\|").FindAllStringSubmatch(string(readme), -1) {
+		rows[m[1]] = true
+	}
+	if len(rows) < 50 {
+		t.Fatalf("README values table has %d rows: not found?", len(rows))
+	}
+	vals := valuesFile(t, "values.yaml")
+	var walk func(prefix string, v map[string]any)
+	walk = func(prefix string, v map[string]any) {
+		for k, x := range v {
+			p := k
+			if prefix != "" {
+				p = prefix + "." + k
+			}
+			if rows[p] {
+				continue
+			}
+			if m, ok := x.(map[string]any); ok && len(m) > 0 {
+				walk(p, m)
+				continue
+			}
+			t.Errorf("value %s is not in the README values table", p)
+		}
+	}
+	walk("", vals)
+	// And no row documents a value that does not exist.
+	for r := range rows {
+		cur, found := any(map[string]any(vals)), true
+		for _, part := range strings.Split(r, ".") {
+			m, ok := cur.(map[string]any)
+			if !ok {
+				found = false
+				break
+			}
+			if cur, ok = m[part]; !ok {
+				found = false
+				break
+			}
+		}
+		if !found {
+			t.Errorf("README documents %s, which values.yaml does not have", r)
+		}
+	}
+}
