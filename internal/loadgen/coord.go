@@ -92,6 +92,9 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	if err := spec.check(); err != nil {
 		return nil, err
 	}
+	if spec.Scenario == NATSPublish {
+		return runNATSPublish(ctx, spec, log)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	res := &Result{Spec: spec, ConnectErrors: map[string]int{}}
@@ -467,4 +470,72 @@ func (b *backend) stop() (sent, errs uint64, acked map[string][]uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.sent, b.errs, b.acked
+}
+
+// runNATSPublish measures the ceiling the edge's publish path is compared
+// with: one nats.go connection publishing to JetStream asynchronously with
+// Conns × Window publishes in flight, for Duration.
+func runNATSPublish(ctx context.Context, spec Spec, log io.Writer) (*Result, error) {
+	res := &Result{Spec: spec, ConnectErrors: map[string]int{}}
+	nc, err := nats.Connect(spec.NATS, nats.Name("parley-loadgen-nats-publish"))
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	defer nc.Close()
+	window := max(spec.Conns*max(spec.Window, 1), 1)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(window))
+	if err != nil {
+		return nil, err
+	}
+	smp := newSampler(spec.Procs)
+	smp.sample()
+	hist := newHist()
+	var mu sync.Mutex
+	var acked, errs uint64
+	sem := make(chan struct{}, window)
+	start := time.Now()
+	end := start.Add(spec.Duration)
+	var wg sync.WaitGroup
+	for n := 0; time.Now().Before(end) && ctx.Err() == nil; n++ {
+		sem <- struct{}{}
+		room := fmt.Sprintf("%sr%d", spec.Prefix, n%spec.Rooms)
+		began := time.Now()
+		fut, err := js.PublishAsync("chat.room."+room, fmt.Appendf(nil, `{"from":"loadgen","data":%s}`, payload(spec.Payload)))
+		if err != nil {
+			<-sem
+			mu.Lock()
+			errs++
+			mu.Unlock()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			select {
+			case <-fut.Ok():
+				mu.Lock()
+				acked++
+				_ = hist.RecordValue(time.Since(began).Microseconds())
+				mu.Unlock()
+			case <-fut.Err():
+				mu.Lock()
+				errs++
+				mu.Unlock()
+			}
+		}()
+		if n%10000 == 0 {
+			smp.sample()
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	wg.Wait()
+	smp.sample()
+	res.Procs = smp.result()
+	res.Counts = Counts{Published: acked + errs, Acked: acked, PubErrors: errs}
+	res.AckedPerS = float64(acked) / res.Seconds
+	res.PubLatency = percentiles(hist)
+	res.Latency = percentiles(newHist())
+	fmt.Fprintf(log, "nats-publish: %d acked in %.1fs\n", acked, res.Seconds)
+	return res, nil
 }

@@ -19,6 +19,10 @@ const (
 	PubSub    = "pubsub"    // every client subscribes to its room and publishes at a rate, with acks
 	Publish   = "publish"   // acked publishes through the edge as fast as allowed
 	Reconnect = "reconnect" // everyone subscribed, mass drop mid-run, resume with since
+	// NATSPublish is the ceiling for Publish: a plain nats.go async
+	// JetStream publisher on the same NATS, Conns × Window publishes in
+	// flight, no edge and no workers.
+	NATSPublish = "nats-publish"
 )
 
 // Spec is one run.
@@ -44,7 +48,7 @@ type Spec struct {
 
 func (s *Spec) check() error {
 	switch s.Scenario {
-	case Idle, Fanout, PubSub, Publish, Reconnect:
+	case Idle, Fanout, PubSub, Publish, Reconnect, NATSPublish:
 	default:
 		return fmt.Errorf("unknown scenario %q", s.Scenario)
 	}
@@ -54,7 +58,7 @@ func (s *Spec) check() error {
 	if s.Conns <= 0 || s.Workers <= 0 || s.Rooms <= 0 || s.Rate <= 0 || s.Duration <= 0 {
 		return fmt.Errorf("conns, workers, rooms, rate and duration must be positive")
 	}
-	if (s.Scenario == Fanout || s.Scenario == Reconnect) && s.NATS == "" {
+	if (s.Scenario == Fanout || s.Scenario == Reconnect || s.Scenario == NATSPublish) && s.NATS == "" {
 		return fmt.Errorf("%s needs --nats for the backend publisher", s.Scenario)
 	}
 	if s.Sources <= 0 || s.Sources > 250 {
