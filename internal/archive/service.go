@@ -1,0 +1,182 @@
+package archive
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/parley-mesh/parley/internal/protocol"
+	pjs "github.com/parley-mesh/parley/jetstream"
+)
+
+// HistoryRequest asks the archive for messages of one room. See
+// docs/archiver.md for the contract.
+type HistoryRequest struct {
+	Room string `json:"room"`
+	// Before: only messages with seq < Before (0: no bound).
+	Before uint64 `json:"before,omitempty"`
+	// BeforeTS: only messages stored before this Unix millisecond (0: none).
+	BeforeTS int64 `json:"before_ts,omitempty"`
+	// After, when present: only messages with seq > After, and the oldest
+	// Limit of them (resuming forwards). Absent: the newest Limit.
+	After *uint64 `json:"after,omitempty"`
+	// Limit: 0 means 50; more than the service's maximum is cut to it.
+	Limit int `json:"limit,omitempty"`
+}
+
+// HistoryResponse is the answer: messages oldest first, each exactly the
+// edge's msg push object.
+type HistoryResponse struct {
+	Msgs []json.RawMessage `json:"msgs"`
+	// More: further messages match beyond Limit (older ones when paging
+	// backwards, newer ones with After).
+	More bool `json:"more"`
+	// ArchivedThrough, given with After: every stream message with a seq up
+	// to it has been through the archiver (stored, or recorded as poison).
+	// Messages the stream dropped before any archiver saw them cannot be
+	// known here; see docs/archiver.md.
+	ArchivedThrough *uint64 `json:"archived_through,omitempty"`
+	// Error is set instead of the above on failure.
+	Error *protocol.Error `json:"error,omitempty"`
+}
+
+// Default and maximum page sizes.
+const defaultHistoryLimit = 50
+
+// historyWorkers bounds the queries one replica runs at once; more requests
+// wait in the subscription (and go to other replicas via the queue group).
+const historyWorkers = 16
+
+type historyService struct {
+	a   *Archiver
+	svc micro.Service
+	sem chan struct{}
+}
+
+func newHistoryService(a *Archiver) (*historyService, error) {
+	h := &historyService{a: a, sem: make(chan struct{}, historyWorkers)}
+	svc, err := micro.AddService(a.nc, micro.Config{
+		Name:        "parley-archive",
+		Version:     "1.0.0",
+		Description: "Parley archive: chat history older than the stream keeps",
+		Endpoint: &micro.EndpointConfig{
+			Subject: a.cfg.HistorySubject,
+			Handler: micro.HandlerFunc(h.handle),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("history service on %s: %w", a.cfg.HistorySubject, err)
+	}
+	h.svc = svc
+	return h, nil
+}
+
+func (h *historyService) Stop() {
+	_ = h.svc.Stop()
+	// Wait for queries in flight: the store closes after Run returns.
+	for range historyWorkers {
+		h.sem <- struct{}{}
+	}
+}
+
+// handle runs on the subscription's goroutine: it only takes a worker slot,
+// so one slow query does not hold up the others.
+func (h *historyService) handle(req micro.Request) {
+	h.sem <- struct{}{}
+	go func() {
+		defer func() { <-h.sem }()
+		h.serve(req)
+	}()
+}
+
+func (h *historyService) serve(req micro.Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), h.a.cfg.QueryTimeout)
+	defer cancel()
+	resp, err := h.query(ctx, req.Data())
+	if err != nil {
+		e := protocol.ErrorReply(0, err).Error
+		h.a.metrics.History.WithLabelValues(string(e.Code)).Inc()
+		if e.Code == protocol.CodeInternal || e.Code == protocol.CodeUnavailable {
+			h.a.log.Warn("history request failed", "err", err)
+		}
+		body, _ := json.Marshal(HistoryResponse{Error: e})
+		status := map[protocol.Code]string{protocol.CodeBadRequest: "400", protocol.CodeUnavailable: "503"}[e.Code]
+		if status == "" {
+			status = "500"
+		}
+		_ = req.Error(status, e.Message, body)
+		return
+	}
+	body, err := json.Marshal(resp)
+	if err != nil {
+		_ = req.Error("500", "encode response", nil)
+		return
+	}
+	h.a.metrics.History.WithLabelValues("ok").Inc()
+	_ = req.Respond(body)
+}
+
+func (h *historyService) query(ctx context.Context, data []byte) (*HistoryResponse, error) {
+	var r HistoryRequest
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("%w: request is not a JSON history request: %w", protocol.ErrBadRequest, err)
+	}
+	if err := protocol.CheckName("room", r.Room); err != nil {
+		return nil, err
+	}
+	if r.Limit < 0 || r.BeforeTS < 0 {
+		return nil, fmt.Errorf("%w: limit and before_ts must not be negative", protocol.ErrBadRequest)
+	}
+	limit := r.Limit
+	if limit == 0 {
+		limit = defaultHistoryLimit
+	}
+	limit = min(limit, h.a.cfg.HistoryMax)
+	q := HistoryQuery{Kind: KindRoom, Name: r.Room, Before: r.Before, After: r.After, Limit: limit + 1}
+	if r.BeforeTS > 0 {
+		q.BeforeTime = time.UnixMilli(r.BeforeTS)
+	}
+	resp := &HistoryResponse{Msgs: []json.RawMessage{}}
+	if r.After != nil {
+		// Read the consumer's progress before the rows: whatever it says
+		// was archived is then surely among the rows read next.
+		through, err := h.a.archivedThrough(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp.ArchivedThrough = &through
+	}
+	recs, err := h.a.store.History(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", protocol.ErrUnavailable, err)
+	}
+	if len(recs) > limit {
+		resp.More = true
+		if r.After != nil {
+			recs = recs[:limit] // oldest first: the extra one is the newest
+		} else {
+			recs = recs[1:] // the extra one is the oldest
+		}
+	}
+	for i := range recs {
+		resp.Msgs = append(resp.Msgs, protocol.AppendMsg(nil, pushMsg(&recs[i])))
+	}
+	return resp, nil
+}
+
+// archivedThrough is the archive consumer's ack floor: every stream message
+// up to it has been acked, and archivers ack only after commit.
+func (a *Archiver) archivedThrough(ctx context.Context) (uint64, error) {
+	c := a.consumer.Load()
+	if c == nil {
+		return 0, fmt.Errorf("%w: archive consumer not provisioned yet", protocol.ErrUnavailable)
+	}
+	info, err := (*c).Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("%w: consumer %s info: %w", protocol.ErrUnavailable, pjs.ArchiveConsumer, err)
+	}
+	return info.AckFloor.Stream, nil
+}
