@@ -125,6 +125,9 @@ func (c *Conn) recover(ctx context.Context, topic string, upTo uint64, req *prot
 		return nil, err
 	}
 	if lost {
+		if full, ok := c.recoverFromArchive(ctx, req.Room, since, upTo, replay, max); ok {
+			return full, nil
+		}
 		recovered = false
 		reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
 	}
@@ -190,6 +193,7 @@ func (c *Conn) history(req *protocol.Request) error {
 	if err != nil {
 		return err
 	}
+	ds = c.historyFromArchive(ctx, req.Room, req.Before, limit, ds)
 	// Keep the reply within bounds: drop the oldest beyond the byte budget;
 	// the client pages on with before = the oldest seq it got.
 	size := 0

@@ -1,0 +1,145 @@
+package archive
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/parley-mesh/parley/client"
+	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/natstest"
+	"github.com/parley-mesh/parley/internal/protocol"
+)
+
+func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
+	t.Helper()
+	cfg := edge.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Insecure = true
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	nc := natstest.Connect(t, url, nats.MaxReconnects(-1))
+	e, err := edge.New(cfg, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.Shutdown(ctx)
+	})
+	return e
+}
+
+func dialEdge(t *testing.T, e *edge.Edge, user string) *client.Client {
+	t.Helper()
+	c, err := client.Dial(t.Context(), "ws://"+e.Addr()+"/ws", client.WithUser(user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func nextMsgs(t *testing.T, c *client.Client, n int) []protocol.Msg {
+	t.Helper()
+	out := make([]protocol.Msg, 0, n)
+	for len(out) < n {
+		select {
+		case m, ok := <-c.Messages():
+			if !ok {
+				t.Fatalf("connection ended: %v", c.Err())
+			}
+			out = append(out, m)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d messages of %d", len(out), n)
+		}
+	}
+	return out
+}
+
+func sameMsgs(t *testing.T, what string, got, want []protocol.Msg) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d messages, want %d", what, len(got), len(want))
+	}
+	for i := range got {
+		if !reflect.DeepEqual(got[i], want[i]) {
+			t.Fatalf("%s: message %d is\n%+v (data %s), want\n%+v (data %s)", what, i, got[i], got[i].Data, want[i], want[i].Data)
+		}
+	}
+}
+
+// The stream keeps 5 messages of the room; the archive has all 30. A
+// client's history and resume through the edge's WebSocket get everything,
+// exactly as the live pushes looked; without an archiver the edge answers
+// from the stream alone, as it always did.
+func TestHistoryPastRetentionThroughEdge(t *testing.T) {
+	store, _ := openTestSQLite(t)
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 5 })
+	arch := startArchiver(t, srv.URL(), store, nil, nil)
+
+	alice := dialEdge(t, e, "alice")
+	ctx := t.Context()
+	if _, err := alice.Subscribe(ctx, "small"); err != nil {
+		t.Fatal(err)
+	}
+	// One at a time, each archived before the next: with only 5 kept, an
+	// archiver more than 5 behind would never see the oldest (the stream
+	// drops them first), and this test is about reading, not racing.
+	m := &mesh{srv: srv, js: natstest.JetStream(t, srv.URL())}
+	for i := range 30 {
+		if _, err := alice.Publish(ctx, "small", fmt.Sprintf("m-%d", i), map[string]any{"i": i, "text": "hé \"quoted\""}); err != nil {
+			t.Fatal(err)
+		}
+		waitArchived(t, m, store, int64(i+1))
+	}
+	live := nextMsgs(t, alice, 30)
+
+	history := func(c *client.Client, before uint64, limit int) []protocol.Msg {
+		t.Helper()
+		msgs, err := c.History(ctx, "small", before, limit)
+		if err != nil {
+			t.Fatalf("history before %d limit %d: %v", before, limit, err)
+		}
+		return msgs
+	}
+	sameMsgs(t, "newest 20", history(alice, 0, 20), live[10:])
+	sameMsgs(t, "before the 11th", history(alice, live[10].Seq, 50), live[:10])
+	sameMsgs(t, "default limit", history(alice, 0, 0), live)
+	sameMsgs(t, "within the stream", history(alice, live[28].Seq, 2), live[26:28])
+
+	bob := dialEdge(t, e, "bob")
+	r, err := bob.Subscribe(ctx, "small", client.Since(live[2].Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("resume past retention with the archive: %+v", r)
+	}
+	sameMsgs(t, "resumed", nextMsgs(t, bob, 27), live[3:])
+
+	// No archiver: the stream's 5 and recovered:false, as before.
+	if err := arch.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	sameMsgs(t, "no archive", history(alice, 0, 20), live[25:])
+	carol := dialEdge(t, e, "carol")
+	r, err = carol.Subscribe(ctx, "small", client.Since(live[2].Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Recovered == nil || *r.Recovered {
+		t.Fatalf("resume past retention without an archive: %+v", r)
+	}
+	sameMsgs(t, "what the stream has", nextMsgs(t, carol, 5), live[25:])
+}
