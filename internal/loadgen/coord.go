@@ -299,15 +299,29 @@ func (r *Result) Print(w io.Writer) {
 	} else if r.Counts.Dropped > 0 {
 		fmt.Fprintf(w, "dropped     %d connections during the run\n", r.Counts.Dropped)
 	}
-	var rss int64
-	for _, p := range r.ProcsAtReady {
-		rss += p.RSSLast
-	}
 	for _, p := range r.Procs {
 		fmt.Fprintf(w, "proc        %s\n", p)
 	}
-	if r.Connected > 0 && rss > 0 {
-		fmt.Fprintf(w, "memory      %.1f MiB in sampled processes at ready = %.1f KiB per connection\n", float64(rss)/(1<<20), float64(rss)/1024/float64(r.Connected))
+	// Memory by process name, at the end of the connect phase.
+	rss, count := map[string]int64{}, map[string]int{}
+	var names []string
+	for _, p := range r.ProcsAtReady {
+		if p.RSSLast == 0 {
+			continue // gone
+		}
+		if count[p.Name] == 0 {
+			names = append(names, p.Name)
+		}
+		rss[p.Name] += p.RSSLast
+		count[p.Name]++
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		line := fmt.Sprintf("memory      %s: %d process(es), %.1f MiB RSS at ready", n, count[n], float64(rss[n])/(1<<20))
+		if r.Connected > 0 {
+			line += fmt.Sprintf(" = %.1f KiB per connection", float64(rss[n])/1024/float64(r.Connected))
+		}
+		fmt.Fprintln(w, line)
 	}
 }
 

@@ -84,10 +84,22 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 			control <- strings.TrimSpace(l)
 		}
 	}()
-	w.connectAll(ctx)
-	w.send(report{Type: "ready"})
 	progress := time.NewTicker(w.spec.Progress)
 	defer progress.Stop()
+	connecting := make(chan struct{})
+	go func() { // progress while connecting
+		for {
+			select {
+			case <-progress.C:
+				w.send(report{Type: "progress"})
+			case <-connecting:
+				return
+			}
+		}
+	}()
+	w.connectAll(ctx)
+	close(connecting)
+	w.send(report{Type: "ready"})
 	// Wait for start.
 	for started := false; !started; {
 		select {
