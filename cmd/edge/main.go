@@ -141,6 +141,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		if err == nil {
 			defer srv.Shutdown() // after the edge drained: JetStream flushes its files
 			defer startDevPresence(srv, o, log)() // starts now, stops after the edge drained
+			defer startDevArchiver(srv, o, log)()
 		}
 	} else {
 		if !o.edge.Auth.Enabled() && !o.edge.Insecure {
