@@ -547,6 +547,10 @@ func (c *Client) readLoop(s *session) error {
 // handle processes one line; false means the client is closing.
 func (c *Client) handle(line []byte) bool {
 	var w wire
+	if decodeMsgPush(line, &w) == nil {
+		return c.deliver(&w)
+	}
+	w = wire{}
 	if err := json.Unmarshal(line, &w); err != nil {
 		c.strayReply(protocol.Reply{Error: &protocol.Error{Code: protocol.CodeInternal, Message: "client: undecodable line from edge: " + err.Error()}})
 		return true

@@ -346,12 +346,28 @@ func (c *Conn) replyErr(id int64, err error) {
 func (c *Conn) writeLoop() {
 	cfg := &c.e.cfg
 	var spare [][]byte
+	var linger *time.Timer
 	for {
-		frames, ping, idle, closed := c.out.take(spare)
+		frames, ping, empty, closed := c.out.take(spare)
 		switch {
-		case idle:
-			return
+		case empty:
+			if linger == nil {
+				linger = time.NewTimer(writerLinger)
+			} else {
+				linger.Reset(writerLinger)
+			}
+			select {
+			case <-c.out.wake:
+			case <-linger.C:
+				if c.out.retire() {
+					return
+				}
+			}
+			continue
 		case closed:
+			if linger != nil {
+				linger.Stop()
+			}
 			c.finish(frames)
 			return
 		}
@@ -369,6 +385,11 @@ func (c *Conn) writeLoop() {
 		spare = frames
 	}
 }
+
+// writerLinger is how long an idle writer waits for more before it ends:
+// long enough that a connection receiving a steady stream keeps one writer,
+// short enough that idle connections hold none.
+const writerLinger = time.Second
 
 // schedulePing asks for a ping every PingInterval until the connection ends.
 func (c *Conn) schedulePing() {

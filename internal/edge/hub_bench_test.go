@@ -39,13 +39,16 @@ type queueSub struct {
 
 func (q *queueSub) deliver(b []byte) { q.out.push(b) }
 
-// drain is the on-demand writer: it runs while something is queued.
+// drain is the on-demand writer (minus the socket and the linger).
 func (q *queueSub) drain() {
 	var spare [][]byte
 	for {
-		batch, _, idle, closed := q.out.take(spare)
-		if idle {
-			return
+		batch, _, empty, closed := q.out.take(spare)
+		if empty {
+			if q.out.retire() {
+				return
+			}
+			continue
 		}
 		q.n += len(batch)
 		if closed {

@@ -7,9 +7,10 @@ import "sync"
 // is a slow consumer and is closed, so one slow client never delays others.
 //
 // It runs its writer on demand: a goroutine is started when something is
-// queued and nobody is writing, and it ends when the queue is empty. An idle
-// connection therefore costs no writer goroutine (nor its stack), which is
-// most of the edge's memory per connection at 100,000 connections.
+// queued and nobody is writing, and it ends when the queue has stayed empty
+// for a while (writerLinger). An idle connection therefore costs no writer
+// goroutine (nor its stack), which is most of the edge's memory per
+// connection at 100,000 connections, while a busy one keeps its writer.
 type outbox struct {
 	mu       sync.Mutex
 	frames   [][]byte
@@ -20,10 +21,11 @@ type outbox struct {
 	writing  bool   // a writer goroutine is running
 	ping     bool   // a WebSocket ping is due
 	start    func() // starts the writer (go c.writeLoop())
+	wake     chan struct{}
 }
 
 func newOutbox(maxMsgs, maxBytes int, start func()) *outbox {
-	return &outbox{maxMsgs: maxMsgs, maxBytes: maxBytes, start: start}
+	return &outbox{maxMsgs: maxMsgs, maxBytes: maxBytes, start: start, wake: make(chan struct{}, 1)}
 }
 
 // push queues b. It returns false, and queues nothing, when the queue is
@@ -69,7 +71,15 @@ func (o *outbox) setStart(start func()) {
 // kickLocked unlocks o.
 func (o *outbox) kickLocked() {
 	start := o.start
-	if o.writing || start == nil { // no socket yet: setStart will start it
+	if o.writing { // running or lingering: wake it
+		o.mu.Unlock()
+		select {
+		case o.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if start == nil { // no socket yet: setStart will start it
 		o.mu.Unlock()
 		return
 	}
@@ -79,22 +89,32 @@ func (o *outbox) kickLocked() {
 }
 
 // take hands the writer everything queued, reusing spare as the next queue
-// so steady traffic does not allocate, and whether a ping is due. With
-// nothing to do and the outbox open it returns idle: the writer must end
-// (and is no longer running). closed says the connection is ending: the
-// writer finishes it.
-func (o *outbox) take(spare [][]byte) (out [][]byte, ping, idle, closed bool) {
+// so steady traffic does not allocate, and whether a ping is due. empty
+// means there is nothing to do now: the writer lingers on wake, then
+// retires. closed says the connection is ending: the writer finishes it.
+func (o *outbox) take(spare [][]byte) (out [][]byte, ping, empty, closed bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	out, ping = o.frames, o.ping
 	if len(out) == 0 && !ping && !o.closed {
-		o.writing = false
 		return nil, false, true, false
 	}
 	o.frames = spare[:0]
 	o.bytes = 0
 	o.ping = false
 	return out, ping, false, o.closed
+}
+
+// retire ends the writer if there is still nothing to do; false means work
+// arrived and the writer must go on.
+func (o *outbox) retire() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.frames) > 0 || o.ping || o.closed {
+		return false
+	}
+	o.writing = false
+	return true
 }
 
 // close stops accepting frames; what is queued can still be taken. It
