@@ -140,29 +140,32 @@ func newMesh(t testing.TB, o pjs.StreamOptions) *mesh {
 // sequences in order.
 func (m *mesh) publish(t testing.TB, n int, subjects ...string) []uint64 {
 	t.Helper()
-	futures := make([]jetstream.PubAckFuture, 0, n)
-	for range n {
-		i := m.sent
-		m.sent++
-		subj := subjects[i%len(subjects)]
-		msg := nats.NewMsg(subj)
-		msg.Data = fmt.Appendf(nil, `{"from":"svc","data":{"i":%d}}`, i)
-		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("svc:%s:%d", subj, i))
-		f, err := m.js.PublishMsgAsync(msg)
-		if err != nil {
-			t.Fatal(err)
+	seqs := make([]uint64, 0, n)
+	// In chunks: the async publisher stalls beyond its in-flight bound.
+	for len(seqs) < n {
+		futures := make([]jetstream.PubAckFuture, 0, 1000)
+		for range min(1000, n-len(seqs)) {
+			i := m.sent
+			m.sent++
+			subj := subjects[i%len(subjects)]
+			msg := nats.NewMsg(subj)
+			msg.Data = fmt.Appendf(nil, `{"from":"svc","data":{"i":%d}}`, i)
+			msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("svc:%s:%d", subj, i))
+			f, err := m.js.PublishMsgAsync(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			futures = append(futures, f)
 		}
-		futures = append(futures, f)
-	}
-	seqs := make([]uint64, n)
-	for i, f := range futures {
-		select {
-		case ack := <-f.Ok():
-			seqs[i] = ack.Sequence
-		case err := <-f.Err():
-			t.Fatalf("publish %d: %v", i, err)
-		case <-time.After(10 * time.Second):
-			t.Fatalf("publish %d: no ack", i)
+		for i, f := range futures {
+			select {
+			case ack := <-f.Ok():
+				seqs = append(seqs, ack.Sequence)
+			case err := <-f.Err():
+				t.Fatalf("publish %d: %v", i, err)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("publish %d: no ack", i)
+			}
 		}
 	}
 	return seqs
