@@ -303,7 +303,9 @@ func (e *Edge) Start(ctx context.Context) error {
 			e.hub.Resync(ctx, 8)
 		}()
 	})
-	e.pub = &publisher{nc: e.nc, js: js, metrics: e.metrics, timeout: e.cfg.PublishTimeout}
+	if e.pub, err = newPublisher(e.nc, e.metrics, e.cfg.PublishTimeout, 65536); err != nil {
+		return err
+	}
 	e.presence = newPresenceTracker(e.nc, e.log, e.cfg.Presence)
 	if err := e.presence.start(); err != nil {
 		return err
@@ -387,6 +389,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	}
 	if e.feed != nil {
 		e.feed.shards.stop() // every client is gone: nobody is owed a live message
+	}
+	if e.pub != nil {
+		e.pub.stop()
 	}
 	e.log.Info("drained", "err", err)
 	return err

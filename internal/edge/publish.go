@@ -1,8 +1,10 @@
 package edge
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,14 +17,50 @@ import (
 
 // publisher turns client publishes into asynchronous JetStream publishes, so
 // many in flight from many clients share the connection without waiting on
-// each other's round trips.
+// each other's round trips. It does what nats.go's async publish does, minus
+// a future and a waiting goroutine per message: every publish carries a reply
+// subject under one inbox, one subscription receives the stream's acks, and
+// a sweeper fails what was not acked in time.
 type publisher struct {
 	nc      *nats.Conn
-	js      jetstream.JetStream
 	metrics *metrics.Edge
 	timeout time.Duration
+	max     int // publishes awaiting acks, all connections together
 	// inflight lets a drain wait for every publish to be acked or failed.
 	inflight sync.WaitGroup
+
+	inbox string // reply subject prefix, "_INBOX.<nuid>."
+	sub   *nats.Subscription
+	done  chan struct{}
+
+	mu      sync.Mutex
+	next    uint64
+	pending map[uint64]pendingPub
+}
+
+type pendingPub struct {
+	c     *Conn
+	id    int64
+	start time.Time
+}
+
+func newPublisher(nc *nats.Conn, m *metrics.Edge, timeout time.Duration, max int) (*publisher, error) {
+	p := &publisher{nc: nc, metrics: m, timeout: timeout, max: max, inbox: nats.NewInbox() + ".",
+		done: make(chan struct{}), pending: make(map[uint64]pendingPub)}
+	sub, err := nc.Subscribe(p.inbox+"*", p.ack)
+	if err != nil {
+		return nil, fmt.Errorf("publish ack subscription: %w", err)
+	}
+	_ = sub.SetPendingLimits(-1, 64<<20)
+	p.sub = sub
+	go p.sweep()
+	return p, nil
+}
+
+// stop ends the sweeper; call after the drain.
+func (p *publisher) stop() {
+	close(p.done)
+	_ = p.sub.Unsubscribe()
 }
 
 // publish sends one message; the reply reaches c when JetStream answers.
@@ -37,33 +75,117 @@ func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byt
 		// another's message by reusing its msg_id. Names never hold ':'.
 		m.Header.Set(jetstream.MsgIDHeader, c.ident.User+":"+msgID)
 	}
-	start := time.Now()
-	f, err := p.js.PublishMsgAsync(m)
-	if err != nil {
-		return fmt.Errorf("%w: publish not accepted (%w); retry with the same msg_id", protocol.ErrUnavailable, err)
+	p.mu.Lock()
+	if len(p.pending) >= p.max {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: the edge has %d publishes awaiting acks; retry with the same msg_id", protocol.ErrUnavailable, p.max)
 	}
+	p.next++
+	token := p.next
+	p.pending[token] = pendingPub{c: c, id: id, start: time.Now()}
 	c.inflight.Add(1)
 	p.inflight.Add(1)
+	p.mu.Unlock()
 	p.metrics.PublishesPending.Inc()
-	go func() {
-		defer func() {
-			c.inflight.Add(-1)
-			p.inflight.Done()
-			p.metrics.PublishesPending.Dec()
-		}()
-		select {
-		case ack := <-f.Ok():
-			p.metrics.PublishLatency.Observe(time.Since(start).Seconds())
-			seq, dup := ack.Sequence, ack.Duplicate
-			c.reply(protocol.Reply{ID: id, OK: true, Seq: &seq, Dup: &dup})
-			c.count(protocol.OpPub, "ok")
-		case err := <-f.Err():
-			err = publishError(err)
-			c.replyErr(id, err)
-			c.count(protocol.OpPub, protocol.ErrorReply(0, err).Error.Code)
+	m.Reply = p.inbox + strconv.FormatUint(token, 10)
+	if err := p.nc.PublishMsg(m); err != nil {
+		if pp, ok := p.take(token); ok {
+			p.finish(pp, fmt.Errorf("%w: publish not accepted (%w); retry with the same msg_id", protocol.ErrUnavailable, err))
+			return nil
 		}
-	}()
+	}
 	return nil
+}
+
+// take removes a pending publish; false if it was already answered.
+func (p *publisher) take(token uint64) (pendingPub, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pp, ok := p.pending[token]
+	if ok {
+		delete(p.pending, token)
+	}
+	return pp, ok
+}
+
+// ack handles the stream's answer to one publish.
+func (p *publisher) ack(m *nats.Msg) {
+	token, err := strconv.ParseUint(m.Subject[len(p.inbox):], 10, 64)
+	if err != nil {
+		return
+	}
+	pp, ok := p.take(token)
+	if !ok {
+		return // answered already (timed out)
+	}
+	if m.Header.Get("Status") == "503" {
+		p.finish(pp, fmt.Errorf("%w: no stream answered; retry with the same msg_id", protocol.ErrUnavailable))
+		return
+	}
+	var ack struct {
+		Seq       uint64              `json:"seq"`
+		Duplicate bool                `json:"duplicate"`
+		Error     *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &ack); err != nil {
+		p.finish(pp, fmt.Errorf("%w: undecodable ack: %w", protocol.ErrInternal, err))
+		return
+	}
+	if ack.Error != nil {
+		p.finish(pp, publishError(ack.Error))
+		return
+	}
+	if ack.Seq == 0 {
+		p.finish(pp, fmt.Errorf("%w: ack without a sequence", protocol.ErrInternal))
+		return
+	}
+	pp.c.reply(protocol.Reply{ID: pp.id, OK: true, Seq: &ack.Seq, Dup: &ack.Duplicate})
+	p.finish(pp, nil)
+}
+
+// finish accounts for one answered publish; with err it replies first. The
+// reply is queued before the drain can see the publish as done, so a drain
+// never closes a connection ahead of the answer it owes.
+func (p *publisher) finish(pp pendingPub, err error) {
+	if err != nil {
+		pp.c.replyErr(pp.id, err)
+		pp.c.count(protocol.OpPub, protocol.ErrorReply(0, err).Error.Code)
+	} else {
+		p.metrics.PublishLatency.Observe(time.Since(pp.start).Seconds())
+		pp.c.count(protocol.OpPub, "ok")
+	}
+	pp.c.inflight.Add(-1)
+	p.metrics.PublishesPending.Dec()
+	p.inflight.Done()
+}
+
+// sweep fails publishes that got no ack within the timeout: the client is
+// told unavailable and may retry with the same msg_id (dedup makes that safe
+// if the first attempt was stored after all).
+func (p *publisher) sweep() {
+	tick := time.NewTicker(max(p.timeout/10, 10*time.Millisecond))
+	defer tick.Stop()
+	var expired []pendingPub
+	for {
+		select {
+		case <-p.done:
+			return
+		case now := <-tick.C:
+			p.mu.Lock()
+			for token, pp := range p.pending {
+				if now.Sub(pp.start) > p.timeout {
+					delete(p.pending, token)
+					expired = append(expired, pp)
+				}
+			}
+			p.mu.Unlock()
+			for _, pp := range expired {
+				p.finish(pp, fmt.Errorf("%w: no ack within %s; retry with the same msg_id", protocol.ErrUnavailable, p.timeout))
+			}
+			clear(expired)
+			expired = expired[:0]
+		}
+	}
 }
 
 // publishError maps a failed JetStream publish to a protocol error. Only a
