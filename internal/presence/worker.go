@@ -307,7 +307,8 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 func (w *Worker) loop(ctx context.Context) {
-	tick := time.NewTicker(max(w.cfg.EdgeTimeout/4, 20*time.Millisecond))
+	// The tick also retries failed writes, so it is never slow.
+	tick := time.NewTicker(min(max(w.cfg.EdgeTimeout/4, 20*time.Millisecond), 250*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -510,6 +511,7 @@ func (w *Worker) write(e *entry) {
 	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	f, err := w.js.PublishMsgAsync(msg)
 	if err != nil {
+		w.metrics.KVWrites.WithLabelValues(opName(del), "error").Inc()
 		w.log.Warn("kv write", "key", key, "err", err)
 		w.retry = append(w.retry, e)
 		return
@@ -532,13 +534,19 @@ func (w *Worker) acked(ctx context.Context, a ack) {
 	e := a.e
 	e.inflight = false
 	w.inflight--
-	op := "put"
-	if a.del {
-		op = "purge"
-	}
+	op := opName(a.del)
 	if !w.writer {
 		// Lost the lease meanwhile: the next writer reconciles from the
-		// bucket; announcing now could double what it announces.
+		// bucket; announcing now could double what it announces. The
+		// write itself happened (or not) all the same: count it.
+		result := "ok"
+		switch {
+		case a.err != nil && isConflict(a.err):
+			result = "conflict"
+		case a.err != nil:
+			result = "error"
+		}
+		w.metrics.KVWrites.WithLabelValues(op, result).Inc()
 		if e.total == 0 {
 			w.view.remove(e)
 		}
@@ -606,6 +614,13 @@ func (w *Worker) resolve(ctx context.Context, e *entry) {
 			e.inKV, e.written = true, hashBytes(m.Data)
 		}
 	}
+}
+
+func opName(del bool) string {
+	if del {
+		return "purge"
+	}
+	return "put"
 }
 
 func isConflict(err error) bool {
@@ -798,11 +813,18 @@ func (w *Worker) lease(ctx context.Context) {
 		}
 	}
 	try := func() {
-		c, cancel := context.WithTimeout(ctx, w.cfg.LeaseInterval)
+		c, cancel := context.WithTimeout(ctx, w.cfg.LeaseTTL/2)
 		defer cancel()
 		now := time.Now()
 		if held != 0 {
 			rev, err := w.kv.Update(c, pjs.PresenceWriterKey, id, held)
+			if err != nil && isConflict(err) {
+				// A renewal that timed out here may still have landed:
+				// if the key holds our id, the lease is still ours.
+				if kve, gerr := w.kv.Get(c, pjs.PresenceWriterKey); gerr == nil && string(kve.Value()) == w.cfg.ID {
+					rev, err = kve.Revision(), nil
+				}
+			}
 			switch {
 			case err == nil:
 				held, renewed = rev, now
@@ -858,4 +880,3 @@ func hashBytes(b []byte) uint64 {
 	h.Write(b)
 	return h.Sum64()
 }
-
