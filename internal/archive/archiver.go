@@ -289,7 +289,12 @@ func (a *Archiver) archive(ctx context.Context, msgs []jetstream.Msg) error {
 			break
 		}
 		if ctx.Err() != nil {
-			return nil // not acked: redelivered to whoever runs next
+			// Stopping: hand the batch back now rather than after AckWait
+			// (if the commit did happen, the redelivery is a no-op).
+			for _, m := range acks {
+				_ = m.Nak()
+			}
+			return nil
 		}
 		if errors.Is(err, ErrRejected) {
 			// The data, not the store: find the culprits, keep the rest.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/parley-mesh/parley/internal/protocol"
@@ -83,40 +84,50 @@ func (h *historyService) Stop() {
 }
 
 // handle runs on the subscription's goroutine: it only takes a worker slot,
-// so one slow query does not hold up the others.
+// so one slow query does not hold up the others. The worker answers on the
+// request's reply subject itself: micro's Request is not safe to use after
+// the handler returned (micro reads it for its stats), so micro's own
+// per-endpoint stats count requests but not their errors or time; the
+// parley_archiver_history_requests_total metric has both.
 func (h *historyService) handle(req micro.Request) {
+	data, reply := req.Data(), req.Reply()
+	if reply == "" {
+		return // nobody to answer
+	}
 	h.sem <- struct{}{}
 	go func() {
 		defer func() { <-h.sem }()
-		h.serve(req)
+		h.serve(data, reply)
 	}()
 }
 
-func (h *historyService) serve(req micro.Request) {
+func (h *historyService) serve(data []byte, reply string) {
 	ctx, cancel := context.WithTimeout(context.Background(), h.a.cfg.QueryTimeout)
 	defer cancel()
-	resp, err := h.query(ctx, req.Data())
+	msg := nats.NewMsg(reply)
+	resp, err := h.query(ctx, data)
+	if err == nil {
+		msg.Data, err = json.Marshal(resp)
+	}
 	if err != nil {
 		e := protocol.ErrorReply(0, err).Error
 		h.a.metrics.History.WithLabelValues(string(e.Code)).Inc()
 		if e.Code == protocol.CodeInternal || e.Code == protocol.CodeUnavailable {
 			h.a.log.Warn("history request failed", "err", err)
 		}
-		body, _ := json.Marshal(HistoryResponse{Error: e})
 		status := map[protocol.Code]string{protocol.CodeBadRequest: "400", protocol.CodeUnavailable: "503"}[e.Code]
 		if status == "" {
 			status = "500"
 		}
-		_ = req.Error(status, e.Message, body)
-		return
+		msg.Data, _ = json.Marshal(HistoryResponse{Error: e})
+		msg.Header.Set(micro.ErrorCodeHeader, status)
+		msg.Header.Set(micro.ErrorHeader, e.Message)
+	} else {
+		h.a.metrics.History.WithLabelValues("ok").Inc()
 	}
-	body, err := json.Marshal(resp)
-	if err != nil {
-		_ = req.Error("500", "encode response", nil)
-		return
+	if err := h.a.nc.PublishMsg(msg); err != nil {
+		h.a.log.Warn("history reply not sent", "err", err)
 	}
-	h.a.metrics.History.WithLabelValues("ok").Inc()
-	_ = req.Respond(body)
 }
 
 func (h *historyService) query(ctx context.Context, data []byte) (*HistoryResponse, error) {
