@@ -766,6 +766,7 @@ func TestTemplateRefusesUnsafeValues(t *testing.T) {
 		{"nats user without password", "nats: {user: edge}", "password"},
 		{"half mutual TLS", "nats: {tls: {existingSecret: t, certKey: tls.crt}}", "both"},
 		{"pdb with both budgets", "edge: {pdb: {minAvailable: 1, maxUnavailable: 1}}", "not both"},
+		{"archive ack pending below batch × replicas", "archiver: {replicaCount: 3, batch: 5000, store: {driver: postgres, postgres: {existingSecret: db}}, persistence: {enabled: false}}", "archiver.maxAckPending"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vals, err := chartutil.ReadValues([]byte(tc.vals))

@@ -182,7 +182,7 @@ func TestImageRunsEdge(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("runs the linux binary it builds")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	root, err := filepath.Abs("../..")
 	if err != nil {

@@ -123,6 +123,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail "edge.pdb: set maxUnavailable or minAvailable, not both (null the other)" -}}
 {{- end -}}
 {{- if .Values.archiver.enabled -}}
+{{- if lt (int64 .Values.archiver.maxAckPending) (mul .Values.archiver.batch .Values.archiver.replicaCount | int64) -}}
+{{- fail (printf "archiver.maxAckPending (%d) must be at least archiver.batch × archiver.replicaCount (%d)" (int64 .Values.archiver.maxAckPending) (mul .Values.archiver.batch .Values.archiver.replicaCount | int64)) -}}
+{{- end -}}
 {{- $s := .Values.archiver.store -}}
 {{- if eq $s.driver "sqlite" -}}
 {{- if gt (int .Values.archiver.replicaCount) 1 -}}
