@@ -251,7 +251,7 @@ func (c *Conn) strike() {
 
 func (c *Conn) handle(line []byte) {
 	var req protocol.Request
-	if err := json.Unmarshal(line, &req); err != nil {
+	if err := protocol.DecodeRequest(line, &req); err != nil {
 		c.replyErr(req.ID, fmt.Errorf("%w: malformed request: %s", protocol.ErrBadRequest, jsonProblem(err)))
 		c.count("invalid", protocol.CodeBadRequest)
 		return
