@@ -122,12 +122,8 @@ func (p *publisher) ack(m *nats.Msg) {
 		p.finish(pp, fmt.Errorf("%w: no stream answered; retry with the same msg_id", protocol.ErrUnavailable))
 		return
 	}
-	var ack struct {
-		Seq       uint64              `json:"seq"`
-		Duplicate bool                `json:"duplicate"`
-		Error     *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &ack); err != nil {
+	var ack pubAck
+	if err := ack.decode(m.Data); err != nil {
 		p.finish(pp, fmt.Errorf("%w: undecodable ack: %w", protocol.ErrInternal, err))
 		return
 	}
@@ -141,6 +137,41 @@ func (p *publisher) ack(m *nats.Msg) {
 	}
 	pp.c.reply(protocol.Reply{ID: pp.id, OK: true, Seq: &ack.Seq, Dup: &ack.Duplicate})
 	p.finish(pp, nil)
+}
+
+// pubAck is JetStream's answer to a publish.
+type pubAck struct {
+	Seq       uint64              `json:"seq"`
+	Duplicate bool                `json:"duplicate"`
+	Error     *jetstream.APIError `json:"error"`
+}
+
+// decode reads an ack; the common {"stream":…,"seq":…} by hand (one per
+// client publish), anything else with encoding/json.
+func (a *pubAck) decode(b []byte) error {
+	s := protocol.Scanner{B: b}
+	ok := s.Fields(func(key []byte) bool {
+		switch string(key) {
+		case "stream", "domain":
+			_, ok := s.Str()
+			return ok
+		case "seq":
+			n, ok := s.Uint()
+			a.Seq = n
+			return ok
+		case "duplicate":
+			start := s.I
+			ok := s.Skip()
+			a.Duplicate = string(b[start:s.I]) == "true"
+			return ok
+		}
+		return false
+	})
+	if ok {
+		return nil
+	}
+	*a = pubAck{}
+	return json.Unmarshal(b, a)
 }
 
 // finish accounts for one answered publish; with err it replies first. The

@@ -50,3 +50,21 @@ func TestRoomGapRepairAndSeam(t *testing.T) {
 		t.Fatalf("late subscriber got %v, want %v", late.frames, want)
 	}
 }
+
+func TestPubAckDecode(t *testing.T) {
+	for in, want := range map[string]pubAck{
+		`{"stream":"PARLEY_CHAT","seq":42}`:                                 {Seq: 42},
+		`{"stream":"PARLEY_CHAT","seq":7,"duplicate":true}`:                 {Seq: 7, Duplicate: true},
+		`{"stream":"PARLEY_CHAT","domain":"hub","seq":9,"duplicate":false}`: {Seq: 9},
+	} {
+		var got pubAck
+		if err := got.decode([]byte(in)); err != nil || got != want {
+			t.Errorf("%s: %+v %v", in, got, err)
+		}
+	}
+	var got pubAck
+	if err := got.decode([]byte(`{"error":{"code":400,"err_code":10054,"description":"maximum message size exceeded"},"stream":"PARLEY_CHAT","seq":0}`)); err != nil ||
+		got.Error == nil || got.Error.ErrorCode != 10054 {
+		t.Errorf("error ack: %+v %v", got, err)
+	}
+}
