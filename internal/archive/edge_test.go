@@ -118,6 +118,12 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	sameMsgs(t, "default limit", history(alice, 0, 0), live)
 	sameMsgs(t, "within the stream", history(alice, live[28].Seq, 2), live[26:28])
 
+	dave := dialEdge(t, e, "dave")
+	if r, err := dave.Subscribe(ctx, "small", client.Last(12)); err != nil || r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("sub last 12: %+v %v", r, err)
+	}
+	sameMsgs(t, "last 12", nextMsgs(t, dave, 12), live[18:])
+
 	bob := dialEdge(t, e, "bob")
 	r, err := bob.Subscribe(ctx, "small", client.Since(live[2].Seq))
 	if err != nil {

@@ -101,7 +101,11 @@ func (c *Conn) recover(ctx context.Context, topic string, upTo uint64, req *prot
 		if n == 0 || upTo == 0 {
 			return nil, nil
 		}
-		return c.e.reader.latest(ctx, topic, upTo+1, n, 0)
+		ds, err := c.e.reader.latest(ctx, topic, upTo+1, n, 0)
+		if err != nil {
+			return nil, err
+		}
+		return c.historyFromArchive(ctx, req.Room, upTo+1, n, ds), nil
 	}
 	since := *req.Since
 	if since >= upTo {
