@@ -150,7 +150,7 @@ func (p *Postgres) Write(ctx context.Context, b Batch) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("postgres write of %d messages from seq %d: %w", b.Len(), firstSeq(b), err)
 	}
 	return inserted, nil
 }
