@@ -348,6 +348,9 @@ func (c *Conn) writeLoop() {
 	var spare [][]byte
 	var linger *time.Timer
 	for {
+		if cfg.WriteDelay > 0 {
+			time.Sleep(cfg.WriteDelay) // let more pushes join this write
+		}
 		frames, ping, empty, closed := c.out.take(spare)
 		switch {
 		case empty:
