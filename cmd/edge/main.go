@@ -140,12 +140,13 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		var srv interface{ Shutdown() }
 		nc, srv, err = o.startEmbedded(log)
 		if err == nil {
-			defer srv.Shutdown() // after the edge drained: JetStream flushes its files
+			defer srv.Shutdown()                  // after the edge drained: JetStream flushes its files
 			defer startDevPresence(srv, o, log)() // starts now, stops after the edge drained
 			defer startDevArchiver(srv, o, log)()
 		}
 	} else {
-		if !o.edge.Auth.Enabled() && !o.edge.Insecure {
+		// provision serves no client, so it needs no JWT key.
+		if !provisionOnly && !o.edge.Auth.Enabled() && !o.edge.Insecure {
 			return fmt.Errorf("%w: set --jwt-secret/--jwt-public-key, or --insecure to accept ?user= (never in production)", edge.ErrNoAuth)
 		}
 		nc, err = o.nats.Connect(o.nats.URLs, log)

@@ -74,17 +74,17 @@ type Config struct {
 	PingInterval         time.Duration // WebSocket ping period
 	ReadTimeout          time.Duration // no frame or pong for this long ends the connection
 	WriteTimeout         time.Duration // one write may take this long
-	// WriteDelay collects pushes for this long before a write (0: write at
-	// once). Each write is a syscall; at high fan-out a few milliseconds of
-	// delay put several messages in one write and raise throughput at the
-	// cost of that much latency (Centrifugo calls it write_delay).
-	WriteDelay time.Duration
 	RequestTimeout       time.Duration // NATS requests made for a client request
 	PublishTimeout       time.Duration // wait for a JetStream ack
 	DrainTimeout         time.Duration // SIGTERM grace period
 	MaxRecover           int           // messages replayed by one sub with since/last
 	MaxHistory           int           // messages in one history reply
 	MaxHistoryBytes      int           // bytes of messages in one history reply
+	// WriteDelay collects pushes for this long before a write (0: write at
+	// once). Each write is a syscall; at high fan-out a few milliseconds of
+	// delay put several messages in one write and raise throughput at the
+	// cost of that much latency (Centrifugo calls it write_delay).
+	WriteDelay time.Duration
 	// ArchiveSubject is where the archivers' history service answers: the
 	// edge asks it for what the stream no longer holds (history past
 	// retention, resumes). Empty: no archive, answers from the stream alone.
@@ -367,13 +367,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.draining.Store(true)
 	}
-	pubsDone := make(chan struct{})
-	go func() { e.pub.inflight.Wait(); close(pubsDone) }()
 	var err error
-	select {
-	case <-pubsDone:
-	case <-ctx.Done():
-		err = fmt.Errorf("drain: publishes still in flight: %w", ctx.Err())
+	if werr := e.pub.wait(ctx); werr != nil {
+		err = fmt.Errorf("drain: publishes still in flight: %w", werr)
 	}
 	for _, c := range conns {
 		c.close(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge")

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,8 +27,10 @@ type publisher struct {
 	metrics *metrics.Edge
 	timeout time.Duration
 	max     int // publishes awaiting acks, all connections together
-	// inflight lets a drain wait for every publish to be acked or failed.
-	inflight sync.WaitGroup
+	// active counts publishes not answered yet (under mu); idle is closed
+	// when it drops to zero while a drain waits (see wait).
+	active int
+	idle   chan struct{}
 
 	inbox string // reply subject prefix, "_INBOX.<nuid>."
 	sub   *nats.Subscription
@@ -76,6 +79,13 @@ func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byt
 		m.Header.Set(jetstream.MsgIDHeader, c.ident.User+":"+msgID)
 	}
 	p.mu.Lock()
+	// Checked under mu: a drain marks connections draining before it waits
+	// (under mu) for active publishes, so a publish is either counted or
+	// refused, never stored after the drain stopped waiting.
+	if c.draining.Load() {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: edge is shutting down; reconnect to another edge", protocol.ErrUnavailable)
+	}
 	if len(p.pending) >= p.max {
 		p.mu.Unlock()
 		return fmt.Errorf("%w: the edge has %d publishes awaiting acks; retry with the same msg_id", protocol.ErrUnavailable, p.max)
@@ -84,7 +94,7 @@ func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byt
 	token := p.next
 	p.pending[token] = pendingPub{c: c, id: id, start: time.Now()}
 	c.inflight.Add(1)
-	p.inflight.Add(1)
+	p.active++
 	p.mu.Unlock()
 	p.metrics.PublishesPending.Inc()
 	m.Reply = p.inbox + strconv.FormatUint(token, 10)
@@ -187,7 +197,33 @@ func (p *publisher) finish(pp pendingPub, err error) {
 	}
 	pp.c.inflight.Add(-1)
 	p.metrics.PublishesPending.Dec()
-	p.inflight.Done()
+	p.mu.Lock()
+	p.active--
+	if p.active == 0 && p.idle != nil {
+		close(p.idle)
+		p.idle = nil
+	}
+	p.mu.Unlock()
+}
+
+// wait returns when every publish has been answered, or with ctx's error.
+func (p *publisher) wait(ctx context.Context) error {
+	p.mu.Lock()
+	if p.active == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	if p.idle == nil {
+		p.idle = make(chan struct{})
+	}
+	idle := p.idle
+	p.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // sweep fails publishes that got no ack within the timeout: the client is

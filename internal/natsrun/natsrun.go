@@ -51,6 +51,10 @@ func Start(o Options) (*server.Server, error) {
 		// the server strip them.
 		NoHeaderSupport:   false,
 		JetStreamMaxStore: o.MaxStore,
+		// The host process owns signals: on SIGTERM the edge drains first
+		// and shuts the embedded server down after, so JetStream is still
+		// there for the last acks and the dev-mode workers' goodbyes.
+		NoSigs: true,
 	}
 	if o.ClusterListen != "" {
 		ch, cp, err := splitHostPort(o.ClusterListen)
