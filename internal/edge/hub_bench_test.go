@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -39,14 +40,22 @@ type queueSub struct {
 
 func (q *queueSub) deliver(b []byte) { q.out.push(b) }
 
-// drain is the on-demand writer (minus the socket and the linger).
+// drain is the on-demand writer minus the socket: it lingers like
+// Conn.writeLoop, so a steady stream keeps one drain goroutine.
 func (q *queueSub) drain() {
 	var spare [][]byte
+	linger := time.NewTimer(writerLinger)
+	defer linger.Stop()
 	for {
 		batch, _, empty, closed := q.out.take(spare)
 		if empty {
-			if q.out.retire() {
-				return
+			linger.Reset(writerLinger)
+			select {
+			case <-q.out.wake:
+			case <-linger.C:
+				if q.out.retire() {
+					return
+				}
 			}
 			continue
 		}
@@ -76,7 +85,7 @@ func BenchmarkFanout(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				r.start(subs[i], 0, nil)
+				r.start(subs[i], 0)
 			}
 			deliver := feed.delivers["chat.room.lobby"]
 			msg := nats.NewMsg("parley.live.chat.room.lobby")
