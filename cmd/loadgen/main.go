@@ -84,8 +84,8 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("write %s: %w", jsonOut, err)
 		}
 	}
-	if res.Lost > 0 || res.Counts.Dups > 0 {
-		return errors.New("messages lost or duplicated")
+	if res.Undelivered > 0 || res.Counts.Dups > 0 || res.Counts.Disorder > 0 {
+		return errors.New("messages undelivered, duplicated or out of order")
 	}
 	return nil
 }

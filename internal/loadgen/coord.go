@@ -56,12 +56,15 @@ type Result struct {
 	AckedPerS      float64        `json:"acked_per_s"`
 	BackendPub     uint64         `json:"backend_published"`
 	BackendErrors  uint64         `json:"backend_errors"`
-	Lost           uint64         `json:"lost"`
-	Latency        Percentiles    `json:"latency"`
-	PubLatency     Percentiles    `json:"publish_ack_latency"`
-	Resume         Percentiles    `json:"resume_latency"`
-	Procs          []ProcStats    `json:"procs"`
-	ProcsAtReady   []ProcStats    `json:"procs_at_ready"`
+	// Undelivered counts acked messages some subscriber had not received
+	// when the run ended (2 s after publishing stopped): lost, or still
+	// queued because the edge fell behind.
+	Undelivered  uint64      `json:"undelivered"`
+	Latency      Percentiles `json:"latency"`
+	PubLatency   Percentiles `json:"publish_ack_latency"`
+	Resume       Percentiles `json:"resume_latency"`
+	Procs        []ProcStats `json:"procs"`
+	ProcsAtReady []ProcStats `json:"procs_at_ready"`
 }
 
 type workerProc struct {
@@ -248,7 +251,7 @@ func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) er
 		for _, s := range subs {
 			i := sort.Search(len(seqs), func(i int) bool { return seqs[i] > s.Start })
 			if want := uint64(len(seqs) - i); want > s.Received {
-				res.Lost += want - s.Received
+				res.Undelivered += want - s.Received
 			}
 		}
 	}
@@ -285,7 +288,7 @@ func (r *Result) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "errors      %s\n", strings.Join(parts, " "))
 	}
-	fmt.Fprintf(w, "delivered   %d (%.0f/s)   lost %d   duplicates %d   out of order %d\n", r.Counts.Delivered, r.DeliveredPerS, r.Lost, r.Counts.Dups, r.Counts.Disorder)
+	fmt.Fprintf(w, "delivered   %d (%.0f/s)   undelivered at the end %d   duplicates %d   out of order %d\n", r.Counts.Delivered, r.DeliveredPerS, r.Undelivered, r.Counts.Dups, r.Counts.Disorder)
 	if r.BackendPub > 0 {
 		fmt.Fprintf(w, "backend     %d published (%d errors)\n", r.BackendPub, r.BackendErrors)
 	}
