@@ -80,6 +80,9 @@ type Config struct {
 	MaxRecover           int           // messages replayed by one sub with since/last
 	MaxHistory           int           // messages in one history reply
 	MaxHistoryBytes      int           // bytes of messages in one history reply
+	// RoomCache is how many of each room's latest messages the edge keeps
+	// to serve resumes and "last" without reading the stream (0: none).
+	RoomCache int
 	// WriteDelay collects pushes for this long before a write (0: write at
 	// once). Each write is a syscall; at high fan-out a few milliseconds of
 	// delay put several messages in one write and raise throughput at the
@@ -122,6 +125,7 @@ func DefaultConfig() Config {
 		MaxRecover:           1000,
 		MaxHistory:           500,
 		MaxHistoryBytes:      1 << 20,
+		RoomCache:            256,
 		ArchiveSubject:       pjs.ArchiveHistorySubject,
 		LivePendingMsgs:      1 << 16,
 	}
@@ -290,6 +294,7 @@ func (e *Edge) Start(ctx context.Context) error {
 		shards:        newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs),
 	}
 	e.hub = NewHub(e.feed)
+	e.hub.recent = e.cfg.RoomCache
 	e.hub.observer = hubObserver{
 		topicOpened: e.metrics.LiveSubjects.Inc,
 		topicClosed: e.metrics.LiveSubjects.Dec,

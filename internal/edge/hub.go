@@ -3,7 +3,10 @@ package edge
 import (
 	"context"
 	"hash/maphash"
+	"strings"
 	"sync"
+
+	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
 // Delivery is one stored message on its way to the connections of a topic:
@@ -48,6 +51,9 @@ type Hub struct {
 	seed     maphash.Seed
 	shards   [hubShards]hubShard
 	observer hubObserver
+	// recent is how many of a room's latest messages each room keeps for
+	// resumes (room topics only: DMs and broadcasts are not resumed).
+	recent int
 }
 
 // hubObserver lets the edge count what the hub does without the hub knowing
@@ -87,6 +93,9 @@ func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
 	creator := r == nil
 	if creator {
 		r = newRoom(topic, h.observer.delivered, h.feed.Repair)
+		if strings.HasPrefix(topic, pjs.RoomPrefix) {
+			r.recentMax = h.recent
+		}
 		sh.rooms[topic] = r
 	}
 	r.refs++

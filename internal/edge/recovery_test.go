@@ -377,3 +377,48 @@ func metric(t *testing.T, e *edge.Edge, name string) float64 {
 	}
 	return 0
 }
+
+// While someone on the edge keeps a room subscribed, the edge holds the
+// room's latest messages: a resume on that edge is served from them, with
+// exactly the messages the stream would give and no stream read.
+func TestResumeFromTheRoomsRecentMessages(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	be := newBackend(t, srv.URL())
+	keeper := dial(t, e, "keeper")
+	subscribe(t, keeper, "lobby")
+	c := dial(t, e, "alice")
+	subscribe(t, c, "lobby")
+	first := be.pub("lobby", 0)
+	if m := next(t, c); m.Seq != first {
+		t.Fatalf("got %+v", m)
+	}
+	c.Close()
+	var missed []uint64
+	for i := range 20 {
+		be.pub("other", i)
+		missed = append(missed, be.pub("lobby", 1+i))
+	}
+	equalSeqs(t, "keeper", collect(t, keeper, 21), append([]uint64{first}, missed...))
+
+	c2 := dial(t, e, "alice")
+	r, err := c2.Subscribe(ctxT(t), "lobby", client.Since(first))
+	if err != nil || r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("resume: %+v %v", r, err)
+	}
+	equalSeqs(t, "resume", collect(t, c2, 20), missed)
+	if got := metric(t, e, "parley_edge_replayed_from_memory_total"); got != 20 {
+		t.Fatalf("replayed from memory %v, want 20", got)
+	}
+	c3 := dial(t, e, "bob")
+	if _, err := c3.Subscribe(ctxT(t), "lobby", client.Last(5)); err != nil {
+		t.Fatal(err)
+	}
+	equalSeqs(t, "last 5", collect(t, c3, 5), missed[15:])
+	live := be.pub("lobby", 99)
+	for _, cl := range []*client.Client{c2, c3} {
+		if m := next(t, cl); m.Seq != live {
+			t.Fatalf("after the replay got %+v, want live %d", m, live)
+		}
+	}
+}

@@ -57,7 +57,7 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	reply := protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Seq: &seq}
 	var replay []Delivery
 	if req.Since != nil || req.Last != nil {
-		replay, err = c.recover(ctx, topic, seq, req, &reply)
+		replay, err = c.recover(ctx, r, seq, req, &reply)
 		if err != nil {
 			c.e.metrics.Recoveries.WithLabelValues("failed").Inc()
 			c.e.hub.Leave(r, c)
@@ -92,7 +92,8 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 
 // recover reads what a resuming subscriber asked for, up to the room's
 // position upTo, and fills in the reply's recovered and reason.
-func (c *Conn) recover(ctx context.Context, topic string, upTo uint64, req *protocol.Request, reply *protocol.Reply) ([]Delivery, error) {
+func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.Request, reply *protocol.Reply) ([]Delivery, error) {
+	topic := r.topic
 	recovered := true
 	reply.Recovered = &recovered
 	max := c.e.cfg.MaxRecover
@@ -100,6 +101,10 @@ func (c *Conn) recover(ctx context.Context, topic string, upTo uint64, req *prot
 		n := min(*req.Last, max)
 		if n == 0 || upTo == 0 {
 			return nil, nil
+		}
+		if ds, ok := r.latest(n, upTo); ok {
+			c.e.metrics.ReplayedFromMemory.Add(float64(len(ds)))
+			return ds, nil
 		}
 		ds, err := c.e.reader.latest(ctx, topic, upTo+1, n, 0)
 		if err != nil {
@@ -110,6 +115,10 @@ func (c *Conn) recover(ctx context.Context, topic string, upTo uint64, req *prot
 	since := *req.Since
 	if since >= upTo {
 		return nil, nil
+	}
+	if ds, ok := r.since(since, upTo, max); ok {
+		c.e.metrics.ReplayedFromMemory.Add(float64(len(ds)))
+		return ds, nil
 	}
 	replay, more, err := c.e.reader.readRange(ctx, topic, since+1, upTo, max)
 	if err != nil {

@@ -29,6 +29,15 @@ type room struct {
 	repair  func(topic string, from, upTo uint64) []Delivery
 	members []*member
 	index   map[subscriber]int
+
+	// recent is the tail of the room's messages as this edge delivered them,
+	// oldest first, without a hole: every message of the room with a seq
+	// above recentFrom (up to lastSeq) is in it. Resumes and "last" are
+	// served from it when they fall inside, so a mass reconnect to one room
+	// reads the stream once (the live feed did), not once per client.
+	recent     []Delivery
+	recentFrom uint64
+	recentMax  int
 }
 
 // member is one subscriber's state in a room. While syncing, deliveries are
@@ -138,19 +147,29 @@ func (r *room) deliver(d Delivery) {
 	prev, anchored := r.lastSeq, r.known || r.based
 	r.mu.Unlock()
 	if anchored && d.LastSeq > prev && r.repair != nil {
-		for _, m := range r.repair(r.topic, prev+1, d.LastSeq) {
-			r.fanout(m)
-		}
+		r.fanoutRun(r.repair(r.topic, prev+1, d.LastSeq), prev)
 	}
-	r.fanout(d)
+	r.fanout(d, d.LastSeq)
 }
 
-func (r *room) fanout(d Delivery) {
+// fanoutRun delivers messages read from the stream: all of the room's
+// messages after seq after, in order.
+func (r *room) fanoutRun(ds []Delivery, after uint64) {
+	for _, d := range ds {
+		r.fanout(d, after)
+		after = d.Seq
+	}
+}
+
+// fanout delivers d, whose predecessor among the room's stored messages is
+// pred (0: none stored).
+func (r *room) fanout(d Delivery, pred uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if d.Seq <= r.lastSeq {
 		return
 	}
+	r.remember(d, pred)
 	r.lastSeq = d.Seq
 	r.known = true
 	n := 0
@@ -190,7 +209,67 @@ func (r *room) resync(last func(topic string) (uint64, bool)) {
 	if !ok || newest <= prev {
 		return
 	}
-	for _, m := range r.repair(r.topic, prev+1, newest) {
-		r.fanout(m)
+	r.fanoutRun(r.repair(r.topic, prev+1, newest), prev)
+}
+
+// remember adds d to the recent run, or starts a new run when d does not
+// follow its last message (a gap that could not be repaired).
+func (r *room) remember(d Delivery, pred uint64) {
+	if r.recentMax <= 0 {
+		return
 	}
+	if n := len(r.recent); n == 0 || r.recent[n-1].Seq != pred {
+		clear(r.recent)
+		r.recent = r.recent[:0]
+		r.recentFrom = pred
+		if pred == 0 { // nothing stored before d on this subject
+			r.recentFrom = d.Seq - 1
+		}
+	}
+	if len(r.recent) == 2*r.recentMax { // trim, amortised
+		drop := len(r.recent) - r.recentMax + 1
+		r.recentFrom = r.recent[drop-1].Seq
+		n := copy(r.recent, r.recent[drop:])
+		clear(r.recent[n:])
+		r.recent = r.recent[:n]
+	}
+	r.recent = append(r.recent, d)
+}
+
+// since returns the room's messages after seq since up to upTo from the
+// recent run, if the run covers since and holds at most max of them.
+func (r *room) since(since, upTo uint64, max int) ([]Delivery, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.recent) == 0 || since < r.recentFrom || upTo > r.lastSeq {
+		return nil, false
+	}
+	var out []Delivery
+	for _, d := range r.recent {
+		if d.Seq > since && d.Seq <= upTo {
+			if len(out) == max {
+				return nil, false
+			}
+			out = append(out, d)
+		}
+	}
+	return out, true
+}
+
+// latest returns the room's n newest messages up to upTo from the recent
+// run, if it holds that many (or the run reaches back to the room's start).
+func (r *room) latest(n int, upTo uint64) ([]Delivery, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.recent) == 0 || upTo > r.lastSeq {
+		return nil, false
+	}
+	end := len(r.recent)
+	for end > 0 && r.recent[end-1].Seq > upTo {
+		end--
+	}
+	if end < n {
+		return nil, false
+	}
+	return append([]Delivery(nil), r.recent[end-n:end]...), true
 }

@@ -68,3 +68,65 @@ func TestPubAckDecode(t *testing.T) {
 		t.Errorf("error ack: %+v %v", got, err)
 	}
 }
+
+// The room's recent messages serve a resume only when they cover it without
+// a hole: a gap that could not be repaired starts a new run, and since
+// before the run (or too many messages) goes to the stream.
+func TestRoomRecentMessages(t *testing.T) {
+	seqs := func(ds []Delivery) []uint64 {
+		out := []uint64{}
+		for _, d := range ds {
+			out = append(out, d.Seq)
+		}
+		return out
+	}
+	r := newRoom("chat.room.x", func(int) {}, func(_ string, from, upTo uint64) []Delivery {
+		return nil // the stream cannot fill any gap
+	})
+	r.recentMax = 4
+	r.learn(10)
+	r.deliver(Delivery{Seq: 12, LastSeq: 10}) // follows the learned position
+	r.deliver(Delivery{Seq: 15, LastSeq: 12})
+	r.deliver(Delivery{Seq: 20, LastSeq: 15})
+	if got, ok := r.since(10, 20, 100); !ok || !slices.Equal(seqs(got), []uint64{12, 15, 20}) {
+		t.Fatalf("since 10: %v %v", seqs(got), ok)
+	}
+	if got, ok := r.since(13, 15, 100); !ok || !slices.Equal(seqs(got), []uint64{15}) {
+		t.Fatalf("since 13 up to 15: %v %v", seqs(got), ok)
+	}
+	if _, ok := r.since(9, 20, 100); ok {
+		t.Fatal("since 9 is before what the room holds")
+	}
+	if _, ok := r.since(10, 20, 2); ok {
+		t.Fatal("more than max must go to the stream")
+	}
+	if got, ok := r.latest(2, 20); !ok || !slices.Equal(seqs(got), []uint64{15, 20}) {
+		t.Fatalf("latest 2: %v %v", seqs(got), ok)
+	}
+	// 25's predecessor is 22, which never arrived and could not be repaired:
+	// a new run starts at 22.
+	r.deliver(Delivery{Seq: 25, LastSeq: 22})
+	if _, ok := r.since(20, 25, 100); ok {
+		t.Fatal("served across an unrepaired gap")
+	}
+	if got, ok := r.since(22, 25, 100); !ok || !slices.Equal(seqs(got), []uint64{25}) {
+		t.Fatalf("since 22 after the gap: %v %v", seqs(got), ok)
+	}
+	if _, ok := r.latest(2, 25); ok {
+		t.Fatal("latest 2 reaches across the gap")
+	}
+	// The run is bounded: older messages are dropped and the run's start
+	// moves with them.
+	for s := uint64(26); s < 40; s++ {
+		r.deliver(Delivery{Seq: s, LastSeq: s - 1})
+	}
+	if len(r.recent) > 2*r.recentMax {
+		t.Fatalf("%d recent messages kept, bound %d", len(r.recent), 2*r.recentMax)
+	}
+	if _, ok := r.since(25, 39, 100); ok && r.recentFrom > 25 {
+		t.Fatal("served from before the run's start")
+	}
+	if got, ok := r.since(36, 39, 100); !ok || !slices.Equal(seqs(got), []uint64{37, 38, 39}) {
+		t.Fatalf("since 36: %v %v", seqs(got), ok)
+	}
+}

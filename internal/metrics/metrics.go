@@ -41,11 +41,14 @@ type Edge struct {
 	PublishesPending prometheus.Gauge
 	Recoveries       *prometheus.CounterVec // result: recovered, not_recovered, failed
 	Replayed         prometheus.Counter     // messages replayed by sub since/last
-	RecoverySeconds  prometheus.Histogram
-	GapsRepaired     prometheus.Counter
-	GapMessages      prometheus.Counter
-	GapsUnrepaired   prometheus.Counter
-	HistoryRequests  prometheus.Counter
+	// ReplayedFromMemory is the part of Replayed served from the rooms'
+	// recent messages, without reading the stream.
+	ReplayedFromMemory prometheus.Counter
+	RecoverySeconds    prometheus.Histogram
+	GapsRepaired       prometheus.Counter
+	GapMessages        prometheus.Counter
+	GapsUnrepaired     prometheus.Counter
+	HistoryRequests    prometheus.Counter
 }
 
 // NewEdge registers the edge's metrics on reg.
@@ -73,12 +76,13 @@ func NewEdge(reg prometheus.Registerer) *Edge {
 	}
 	m.Recoveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_recoveries_total", Help: "Subscriptions with since/last by result."}, []string{"result"})
 	m.Replayed = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_replayed_messages_total", Help: "Messages replayed from the stream to resuming subscribers."})
+	m.ReplayedFromMemory = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_replayed_from_memory_total", Help: "Replayed messages served from the edge's recent messages of the room, without reading the stream."})
 	m.RecoverySeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_edge_recovery_seconds", Help: "Time to serve a sub with since/last.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)})
 	m.GapsRepaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gaps_repaired_total", Help: "Gaps in the live feed repaired from the stream."})
 	m.GapMessages = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gap_messages_total", Help: "Messages read from the stream to repair live gaps."})
 	m.GapsUnrepaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gaps_unrepaired_total", Help: "Live gaps the stream could not fill."})
 	m.HistoryRequests = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_history_requests_total", Help: "history requests served."})
-	for _, c := range []prometheus.Collector{m.Recoveries, m.Replayed, m.RecoverySeconds, m.GapsRepaired, m.GapMessages, m.GapsUnrepaired, m.HistoryRequests, m.Connections, m.ConnectsTotal, m.Disconnects, m.Subscriptions, m.LiveSubjects,
+	for _, c := range []prometheus.Collector{m.Recoveries, m.Replayed, m.ReplayedFromMemory, m.RecoverySeconds, m.GapsRepaired, m.GapMessages, m.GapsUnrepaired, m.HistoryRequests, m.Connections, m.ConnectsTotal, m.Disconnects, m.Subscriptions, m.LiveSubjects,
 		m.FramesIn, m.FramesOut, m.BytesIn, m.BytesOut, m.Requests, m.PublishLatency, m.Deliveries, m.DroppedLive,
 		m.PublishesPending} {
 		f(c)
