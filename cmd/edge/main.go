@@ -83,7 +83,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.IntVar(&c.MaxRecover, "max-recover", c.MaxRecover, "messages replayed by one sub with since or last")
 	fs.IntVar(&c.MaxHistory, "max-history", c.MaxHistory, "messages in one history reply")
 	fs.IntVar(&c.MaxHistoryBytes, "max-history-bytes", c.MaxHistoryBytes, "bytes of messages in one history reply")
-	fs.IntVar(&c.RoomCache, "room-cache", c.RoomCache, "latest messages kept per room to serve resumes without reading the stream (0: none)")
+	fs.IntVar(&c.RoomCache, "room-cache", c.RoomCache, "latest messages kept per room to serve resumes without reading the stream; a room stays subscribed 30s after its last subscriber for that (0: none)")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "larger client frames get too_large")
 	fs.IntVar(&c.HardFrameLimit, "hard-frame-bytes", c.HardFrameLimit, "larger client frames close the connection (1009)")
 	fs.IntVar(&c.MaxQueuedMsgs, "max-queued-msgs", c.MaxQueuedMsgs, "outbound queue per connection before a slow-consumer close")

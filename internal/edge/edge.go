@@ -295,6 +295,7 @@ func (e *Edge) Start(ctx context.Context) error {
 	}
 	e.hub = NewHub(e.feed)
 	e.hub.recent = e.cfg.RoomCache
+	e.hub.linger = roomLinger
 	e.hub.observer = hubObserver{
 		topicOpened: e.metrics.LiveSubjects.Inc,
 		topicClosed: e.metrics.LiveSubjects.Dec,

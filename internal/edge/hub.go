@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"time"
 
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
@@ -54,6 +55,8 @@ type Hub struct {
 	// recent is how many of a room's latest messages each room keeps for
 	// resumes (room topics only: DMs and broadcasts are not resumed).
 	recent int
+	// linger keeps such a room subscribed this long after its last member.
+	linger time.Duration
 }
 
 // hubObserver lets the edge count what the hub does without the hub knowing
@@ -126,18 +129,41 @@ func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
 	return r, nil
 }
 
-// Leave removes s from r and drops the feed subscription with the last one.
+// roomLinger is how long a room that keeps recent messages stays subscribed
+// after its last subscriber left: clients that all dropped at once (an edge
+// restart nearby, a network blip) come back within it and resume from the
+// room's memory instead of each reading the stream.
+const roomLinger = 30 * time.Second
+
+// Leave removes s from r and drops the feed subscription with the last one
+// (after roomLinger for rooms that keep recent messages).
 func (h *Hub) Leave(r *room, s subscriber) {
 	r.remove(s)
 	sh := h.shard(r.topic)
 	sh.mu.Lock()
 	r.refs--
 	last := r.refs == 0
-	if last && sh.rooms[r.topic] == r {
+	sh.mu.Unlock()
+	if !last {
+		return
+	}
+	if r.recentMax > 0 && h.linger > 0 {
+		time.AfterFunc(h.linger, func() { h.close(r) })
+		return
+	}
+	h.close(r)
+}
+
+// close drops r's feed subscription if nobody joined it again.
+func (h *Hub) close(r *room) {
+	sh := h.shard(r.topic)
+	sh.mu.Lock()
+	owner := r.refs == 0 && sh.rooms[r.topic] == r
+	if owner {
 		delete(sh.rooms, r.topic)
 	}
 	sh.mu.Unlock()
-	if last && r.unsubscribe != nil {
+	if owner && r.unsubscribe != nil {
 		r.unsubscribe()
 		h.observer.topicClosed()
 	}
