@@ -318,6 +318,7 @@ func (e *Edge) Start(ctx context.Context) error {
 		return err
 	}
 	e.presence = newPresenceTracker(e.nc, e.log, e.cfg.Presence)
+	e.presence.shards = e.feed.shards
 	if err := e.presence.start(); err != nil {
 		return err
 	}

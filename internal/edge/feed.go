@@ -75,6 +75,20 @@ func (ls *liveShards) shard(subject string) chan *nats.Msg {
 	return ls.chans[h.Sum32()%uint32(len(ls.chans))]
 }
 
+// subscribe subscribes handle to subject on one of the shards; the
+// returned func unsubscribes.
+func (ls *liveShards) subscribe(nc *nats.Conn, subject string, handle func(*nats.Msg)) (func(), error) {
+	sub, err := nc.ChanSubscribe(subject, ls.shard(subject))
+	if err != nil {
+		return nil, err
+	}
+	ls.handlers.Store(sub, handle)
+	return func() {
+		_ = sub.Unsubscribe()
+		ls.handlers.Delete(sub)
+	}, nil
+}
+
 // stop ends the dispatchers (nats.go never blocks on a full shard, so
 // messages arriving later are dropped).
 func (ls *liveShards) stop() { close(ls.done) }
@@ -94,14 +108,9 @@ func (f *natsFeed) Subscribe(topic string, deliver func(Delivery)) (func(), erro
 	// A message that reaches the shard before the handler is stored is
 	// dropped: it was stored before the caller reads the topic's position
 	// (after this returns), so it is not owed to anyone.
-	sub, err := f.nc.ChanSubscribe(subject, f.shards.shard(subject))
+	unsubscribe, err := f.shards.subscribe(f.nc, subject, handle)
 	if err != nil {
 		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
-	}
-	f.shards.handlers.Store(sub, handle)
-	unsubscribe := func() {
-		_ = sub.Unsubscribe()
-		f.shards.handlers.Delete(sub)
 	}
 	// Wait until the server has the subscription: the caller's next step is
 	// reading the stream's last sequence, and everything stored after that

@@ -48,9 +48,10 @@ func (p *PresenceConfig) fillDefaults() {
 // restart). It also holds one NATS subscription per room with local
 // subscribers, for the join/leave pushes.
 type presenceTracker struct {
-	nc  *nats.Conn
-	log *slog.Logger
-	cfg PresenceConfig
+	nc     *nats.Conn
+	log    *slog.Logger
+	cfg    PresenceConfig
+	shards *liveShards // where room announcement subscriptions are dispatched
 
 	mu      sync.Mutex
 	seq     uint64
@@ -73,7 +74,7 @@ type localCount struct {
 }
 
 type presenceRoom struct {
-	sub   *nats.Subscription
+	unsub func()
 	conns map[*Conn]struct{}
 }
 
@@ -141,8 +142,8 @@ func (t *presenceTracker) close() {
 		t.syncing.Stop()
 	}
 	for room, pr := range t.rooms {
-		if pr.sub != nil {
-			_ = pr.sub.Unsubscribe()
+		if pr.unsub != nil {
+			pr.unsub()
 		}
 		delete(t.rooms, room)
 	}
@@ -238,14 +239,14 @@ func (t *presenceTracker) addListener(room string, c *Conn) {
 	pr := t.rooms[room]
 	if pr == nil {
 		pr = &presenceRoom{conns: make(map[*Conn]struct{})}
-		sub, err := t.nc.Subscribe(presence.RoomSubject(room), t.onAnnouncement(room))
+		// On the edge's shared dispatch shards, not a goroutine per room;
+		// pushes are at most once: a burst beyond a shard's buffer is
+		// dropped rather than held in memory.
+		unsub, err := t.shards.subscribe(t.nc, presence.RoomSubject(room), t.onAnnouncement(room))
 		if err != nil {
 			t.log.Warn("subscribe presence announcements", "room", room, "err", err)
 		} else {
-			// Pushes are at most once: a burst beyond this is dropped
-			// rather than held in memory.
-			_ = sub.SetPendingLimits(4096, 1<<20)
-			pr.sub = sub
+			pr.unsub = unsub
 		}
 		t.rooms[room] = pr
 	}
@@ -259,8 +260,8 @@ func (t *presenceTracker) removeListener(room string, c *Conn) {
 	}
 	delete(pr.conns, c)
 	if len(pr.conns) == 0 {
-		if pr.sub != nil {
-			_ = pr.sub.Unsubscribe()
+		if pr.unsub != nil {
+			pr.unsub()
 		}
 		delete(t.rooms, room)
 	}
