@@ -45,12 +45,12 @@ type Conn struct {
 	closeOnce sync.Once
 	closeCode int
 	closeText string
-	closing   chan struct{} // closed when the connection must end
-	done      chan struct{} // closed when the writer has finished
-	pinger    *time.Timer   // asks for a WebSocket ping every PingInterval
-	attached  atomic.Bool   // ws is set (see attach)
-	frames    chan []byte   // reader → waiting handler (unbuffered)
-	handled   chan struct{} // handler → reader: the frame is done
+	closing   chan struct{}              // closed when the connection must end
+	done      chan struct{}              // closed when the writer has finished
+	pinger    atomic.Pointer[time.Timer] // asks for the next WebSocket ping
+	attached  atomic.Bool                // ws is set (see attach)
+	frames    chan []byte                // reader → waiting handler (unbuffered)
+	handled   chan struct{}              // handler → reader: the frame is done
 }
 
 func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn {
@@ -110,7 +110,7 @@ func (c *Conn) close(code int, text string) {
 // connection's reader; a writer runs only while there is something to send.
 func (c *Conn) serve() {
 	c.schedulePing()
-	defer c.pinger.Stop()
+	defer c.stopPing()
 	c.e.presence.connected(c)
 	err := c.readLoop()
 	if err != nil && !isExpectedClose(err) {
@@ -158,40 +158,31 @@ func isExpectedClose(err error) bool {
 
 func (c *Conn) readLoop() error {
 	cfg := &c.e.cfg
-	c.ws.SetReadLimit(int64(cfg.HardFrameLimit))
-	deadline := func() { _ = c.ws.SetReadDeadline(time.Now().Add(cfg.ReadTimeout)) }
-	deadline()
-	c.ws.SetPongHandler(func(string) error { deadline(); return nil })
+	fr := newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, func(payload []byte) error {
+		return c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(cfg.WriteTimeout))
+	})
+	defer fr.release()
+	fr.deadline()
 	for {
-		mt, rd, err := c.ws.NextReader()
+		m, err := fr.next(cfg.MaxFrameBytes, cfg.HardFrameLimit)
 		if err != nil {
-			return err
-		}
-		deadline()
-		frame, err := io.ReadAll(io.LimitReader(rd, int64(cfg.MaxFrameBytes)+1))
-		if err != nil {
-			return err
-		}
-		size := len(frame)
-		if size > cfg.MaxFrameBytes {
-			// Keep the connection: discard the rest (bounded by the hard
-			// limit, past which the read fails with 1009) and say why.
-			n, err := io.Copy(io.Discard, rd)
-			if err != nil {
-				return err
+			if code, text, ok := readCloseFor(err); ok {
+				c.close(code, text)
+				return nil
 			}
-			size += int(n)
+			return err
 		}
 		c.e.metrics.FramesIn.Inc()
-		c.e.metrics.BytesIn.Add(float64(size))
+		c.e.metrics.BytesIn.Add(float64(m.size))
 		switch {
-		case mt != websocket.TextMessage:
+		case !m.text:
 			c.replyErr(0, fmt.Errorf("%w: binary frames are not supported; send JSON in text frames", protocol.ErrBadRequest))
-		case size > cfg.MaxFrameBytes:
-			c.replyErr(0, fmt.Errorf("%w: frame of %d bytes exceeds the limit of %d", protocol.ErrTooLarge, size, cfg.MaxFrameBytes))
+		case m.tooLarge:
+			// The connection stays: the message was read and discarded.
+			c.replyErr(0, fmt.Errorf("%w: frame of %d bytes exceeds the limit of %d", protocol.ErrTooLarge, m.size, cfg.MaxFrameBytes))
 			c.strike()
 		default:
-			c.handleFrame(frame)
+			c.handleFrame(m.data)
 		}
 		select {
 		case <-c.closing:
@@ -395,15 +386,25 @@ func (c *Conn) writeLoop() {
 const writerLinger = time.Second
 
 // schedulePing asks for a ping every PingInterval until the connection ends.
+// Each tick schedules the next (no goroutine waits between pings).
 func (c *Conn) schedulePing() {
-	c.pinger = time.AfterFunc(c.e.cfg.PingInterval, func() {
-		c.out.pingDue()
+	var tick func()
+	tick = func() {
 		select {
 		case <-c.closing:
+			return
 		default:
-			c.pinger.Reset(c.e.cfg.PingInterval)
 		}
-	})
+		c.out.pingDue()
+		c.pinger.Store(time.AfterFunc(c.e.cfg.PingInterval, tick))
+	}
+	c.pinger.Store(time.AfterFunc(c.e.cfg.PingInterval, tick))
+}
+
+func (c *Conn) stopPing() {
+	if t := c.pinger.Load(); t != nil {
+		t.Stop()
+	}
 }
 
 // writeFailed ends the connection after a failed write: no close frame, the

@@ -256,9 +256,9 @@ func New(cfg Config, nc *nats.Conn) (*Edge, error) {
 	}, func() float64 { return float64(nc.Stats().Reconnects) }))
 	e.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
-		// Frames larger than the read buffer are read in several steps; a
-		// small buffer keeps idle connections cheap.
-		ReadBufferSize:  1024,
+		// Client frames are read by the edge itself (wsread.go), not by
+		// gorilla: its read buffer is never used, keep it minimal.
+		ReadBufferSize:  256,
 		WriteBufferSize: 4096,
 		// Idle connections hold no write buffer: it is taken per write.
 		WriteBufferPool: &sync.Pool{},

@@ -575,3 +575,111 @@ func TestHealthAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The edge reads WebSocket frames itself: fragmented messages, client pings,
+// the soft and the hard size limits, and protocol violations.
+func TestWebSocketFraming(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxFrameBytes = 4096; c.HardFrameLimit = 8192 })
+	d := websocket.Dialer{WriteBufferSize: 256} // large messages leave in 256-byte fragments
+	ws, _, err := d.Dial(wsURL(e)+"?user=framer", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	pongs := make(chan string, 1)
+	ws.SetPongHandler(func(s string) error { pongs <- s; return nil })
+	replies := make(chan protocol.Reply, 8)
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			_, b, err := ws.ReadMessage()
+			if err != nil {
+				closed <- err
+				return
+			}
+			protocol.SplitFrame(b, func(line []byte) {
+				var r protocol.Reply
+				_ = json.Unmarshal(line, &r)
+				replies <- r
+			})
+		}
+	}()
+	reply := func() protocol.Reply {
+		t.Helper()
+		select {
+		case r := <-replies:
+			return r
+		case err := <-closed:
+			t.Fatalf("closed: %v", err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no reply")
+		}
+		return protocol.Reply{}
+	}
+	// A 3,000-byte request in 12 fragments.
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"id":1,"op":"ping"}`+strings.Repeat(" ", 3000))); err != nil {
+		t.Fatal(err)
+	}
+	if r := reply(); r.ID != 1 || !r.OK {
+		t.Fatalf("fragmented ping: %+v", r)
+	}
+	if err := ws.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-pongs:
+		if p != "are you there" {
+			t.Fatalf("pong %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pong")
+	}
+	// Over the soft limit: too_large, the connection stays.
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"id":2,"op":"ping","pad":"`+strings.Repeat("x", 5000)+`"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if r := reply(); r.Error == nil || r.Error.Code != protocol.CodeTooLarge {
+		t.Fatalf("oversize: %+v", r)
+	}
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"id":3,"op":"ping"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if r := reply(); r.ID != 3 || !r.OK {
+		t.Fatalf("after oversize: %+v", r)
+	}
+	// Over the hard limit: closed with 1009.
+	_ = ws.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("y", 10000)))
+	select {
+	case err := <-closed:
+		if !websocket.IsCloseError(err, websocket.CloseMessageTooBig) {
+			t.Fatalf("closed with %v, want 1009", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not closed after the hard limit")
+	}
+}
+
+// Pings keep an idle connection alive past the read timeout; a client that
+// stops answering is dropped after it.
+func TestKeepaliveAndReadTimeout(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.PingInterval = 100 * time.Millisecond; c.ReadTimeout = 400 * time.Millisecond })
+	c := dial(t, e, "idle")
+	time.Sleep(1500 * time.Millisecond) // idle on purpose: nearly four read timeouts
+	if err := c.Ping(ctxT(t)); err != nil {
+		t.Fatalf("idle connection with pongs was dropped: %v", err)
+	}
+	// A raw client that never reads never answers pings: dropped.
+	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=mute", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	natstest.Eventually(t, 5*time.Second, func() error {
+		if v := metric(t, e, "parley_edge_connections"); v != 1 {
+			return fmt.Errorf("connections %v", v)
+		}
+		return nil
+	})
+}
