@@ -164,6 +164,12 @@ func (c *Conn) readLoop() error {
 	defer fr.release()
 	fr.deadline()
 	for {
+		// Idle connections park here, in as shallow a call as possible:
+		// the Go runtime shrinks a parked goroutine's stack only when it
+		// uses little of it.
+		if err := fr.idle(); err != nil {
+			return err
+		}
 		m, err := fr.next(cfg.MaxFrameBytes, cfg.HardFrameLimit)
 		if err != nil {
 			if code, text, ok := readCloseFor(err); ok {

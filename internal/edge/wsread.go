@@ -72,6 +72,18 @@ func (fr *frameReader) buffer() error {
 	return nil
 }
 
+// idle waits, without a buffer, until there is something to read.
+func (fr *frameReader) idle() error {
+	if fr.br != nil && fr.br.Buffered() > 0 {
+		return nil
+	}
+	fr.release()
+	if fr.rc == nil {
+		return nil
+	}
+	return waitReadable(fr.rc)
+}
+
 // waitReadable parks until the socket has bytes (or EOF, or an error, or
 // the read deadline). MSG_PEEK keeps the bytes for the read that follows.
 func waitReadable(rc syscall.RawConn) error {
