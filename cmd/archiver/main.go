@@ -195,16 +195,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, listeni
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("%w: --log-level: %w", errUsage, err)
+	log, err := config.NewLogger(level, format)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("%w: --log-format must be json or text, not %q", errUsage, format)
+	return log, nil
 }

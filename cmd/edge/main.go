@@ -120,7 +120,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(o.logLevel, o.logFormat)
+	log, err := config.NewLogger(o.logLevel, o.logFormat)
 	if err != nil {
 		return err
 	}
@@ -226,19 +226,4 @@ Try:  websocat 'ws://%s/ws?user=alice'   then send {"id":1,"op":"sub","room":"lo
 
 `, store, o.edge.Listen, srv.Addr().String(), o.edge.Listen, o.edge.Listen)
 	return nc, srv, nil
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format must be json or text, not %q", format)
 }
