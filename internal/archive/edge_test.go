@@ -85,7 +85,9 @@ func sameMsgs(t *testing.T, what string, got, want []protocol.Msg) {
 func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	store, _ := openTestSQLite(t)
 	srv := natstest.StartJetStream(t)
-	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 5 })
+	// No room cache: alice's live subscription would otherwise keep all 30
+	// in the edge's memory and serve the resumes from there.
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 5; c.RoomCache = 0 })
 	arch := startArchiver(t, srv.URL(), store, nil, nil)
 
 	alice := dialEdge(t, e, "alice")

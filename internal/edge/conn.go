@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -49,8 +50,16 @@ type Conn struct {
 	done      chan struct{}              // closed when the writer has finished
 	pinger    atomic.Pointer[time.Timer] // asks for the next WebSocket ping
 	attached  atomic.Bool                // ws is set (see attach)
-	frames    chan []byte                // reader → waiting handler (unbuffered)
-	handled   chan struct{}              // handler → reader: the frame is done
+
+	// Reading: one reader at a time, the first or one the poller woke.
+	fr         *frameReader
+	rc         syscall.RawConn
+	parked     atomic.Bool // waiting in the poller, no reader running
+	pollID     int32
+	pollAdded  bool
+	tokenTimer *time.Timer
+	frames     chan []byte   // reader → waiting handler (unbuffered)
+	handled    chan struct{} // handler → reader: the frame is done
 }
 
 func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn {
@@ -95,6 +104,7 @@ func (c *Conn) close(code int, text string) {
 		c.closeCode, c.closeText = code, text
 		c.out.close()
 		close(c.closing)
+		c.wake() // a parked connection has no reader to see it
 		if code == protocol.CloseSlowConsumer {
 			// The writer is probably blocked on a full socket: cut that write
 			// short now instead of holding the connection for WriteTimeout.
@@ -106,18 +116,83 @@ func (c *Conn) close(code int, text string) {
 	})
 }
 
-// serve runs the connection until it ends, on a goroutine that is the
-// connection's reader; a writer runs only while there is something to send.
+// serve starts the connection's life after the upgrade: pings, presence,
+// then reading. Reading runs on a goroutine only while there is something to
+// read: an idle connection is parked in the edge's poller (Linux) with no
+// goroutine at all, and resumed when its socket becomes readable. Whichever
+// reader sees the end tears the connection down.
 func (c *Conn) serve() {
+	cfg := &c.e.cfg
+	c.fr = newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, func(payload []byte) error {
+		return c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(cfg.WriteTimeout))
+	})
+	c.rc = c.fr.rc
+	c.fr.deadline()
 	c.schedulePing()
-	defer c.stopPing()
 	c.e.presence.connected(c)
-	err := c.readLoop()
+	c.readOn(false)
+}
+
+// errParked ends a reader whose connection is now waiting in the poller.
+var errParked = errors.New("parked")
+
+// readOn reads until the connection is idle (it parks) or ends (teardown).
+// woken says the poller saw the socket readable (or hung up): read before
+// parking again, or an EOF would wake us forever.
+func (c *Conn) readOn(woken bool) {
+	err := c.readLoop(woken)
+	if errors.Is(err, errParked) {
+		return
+	}
 	if err != nil && !isExpectedClose(err) {
 		c.log.Debug("read ended", "err", err)
 	}
+	c.teardown()
+}
+
+// wake resumes a parked connection: its socket is readable, or it must end.
+func (c *Conn) wake() {
+	if c.parked.CompareAndSwap(true, false) {
+		go c.readOn(true)
+	}
+}
+
+// park hands an idle connection to the poller; false means it cannot (no
+// poller, not a socket) and the reader goes on itself.
+func (c *Conn) park() bool {
+	p := c.e.poller
+	if p == nil || c.rc == nil {
+		return false
+	}
+	c.fr.release()
+	a := p.prepare(c)
+	c.parked.Store(true) // from here on c may belong to another reader
+	if err := p.arm(c.rc, a); err != nil {
+		// Take c back, unless a close's wake already did.
+		return !c.parked.CompareAndSwap(true, false)
+	}
+	// A close that came while we parked may have found nobody to wake.
+	select {
+	case <-c.closing:
+		// Either we take the connection back, or the closer's wake did.
+		return !c.parked.CompareAndSwap(true, false)
+	default:
+		return true
+	}
+}
+
+// teardown ends the connection once its reader is done.
+func (c *Conn) teardown() {
 	c.close(websocket.CloseNormalClosure, "")
 	<-c.done
+	c.stopPing()
+	if c.tokenTimer != nil {
+		c.tokenTimer.Stop()
+	}
+	if c.e.poller != nil {
+		c.e.poller.forget(c)
+	}
+	c.fr.release()
 	c.e.presence.disconnected(c)
 	for _, r := range c.rooms {
 		c.e.hub.Leave(r, c)
@@ -127,6 +202,8 @@ func (c *Conn) serve() {
 		c.e.hub.Leave(r, c)
 	}
 	c.rooms = nil
+	c.log.Debug("disconnected", "code", c.closeCode)
+	c.e.connGone(c)
 }
 
 // joinPersonal puts the connection in its user's DM topic and the broadcast
@@ -156,19 +233,24 @@ func isExpectedClose(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, websocket.ErrCloseSent)
 }
 
-func (c *Conn) readLoop() error {
+func (c *Conn) readLoop(woken bool) error {
 	cfg := &c.e.cfg
-	fr := newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, func(payload []byte) error {
-		return c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(cfg.WriteTimeout))
-	})
-	defer fr.release()
-	fr.deadline()
+	fr := c.fr
 	for {
-		// Idle connections park here, in as shallow a call as possible:
-		// the Go runtime shrinks a parked goroutine's stack only when it
-		// uses little of it.
-		if err := fr.idle(); err != nil {
-			return err
+		select {
+		case <-c.closing:
+			return nil
+		default:
+		}
+		if fr.empty() {
+			if !woken && c.park() {
+				return errParked
+			}
+			woken = false
+			// No poller: wait here, in as shallow a call as possible.
+			if err := fr.idle(); err != nil {
+				return err
+			}
 		}
 		m, err := fr.next(cfg.MaxFrameBytes, cfg.HardFrameLimit)
 		if err != nil {
@@ -189,11 +271,6 @@ func (c *Conn) readLoop() error {
 			c.strike()
 		default:
 			c.handleFrame(m.data)
-		}
-		select {
-		case <-c.closing:
-			return nil
-		default:
 		}
 	}
 }
@@ -400,6 +477,13 @@ func (c *Conn) schedulePing() {
 		case <-c.closing:
 			return
 		default:
+		}
+		// A parked connection has no read deadline: silence is checked
+		// here. A live client answers pings, which moves lastRead.
+		if silent := time.Since(c.fr.lastRead()); silent > c.e.cfg.ReadTimeout {
+			c.log.Debug("read timeout", "silent", silent)
+			c.close(websocket.CloseGoingAway, "no frame or pong within the read timeout")
+			return
 		}
 		c.out.pingDue()
 		c.pinger.Store(time.AfterFunc(c.e.cfg.PingInterval, tick))

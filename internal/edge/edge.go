@@ -198,6 +198,8 @@ type Edge struct {
 	stream jetstream.Stream
 	reader *streamReader
 	feed   *natsFeed
+	// poller holds idle connections without a goroutine (nil: not Linux).
+	poller *poller
 	hub    *Hub
 	pub    *publisher
 	// presence publishes this edge's presence events and join/leave pushes.
@@ -294,6 +296,11 @@ func (e *Edge) Start(ctx context.Context) error {
 		shards:        newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs),
 	}
 	e.hub = NewHub(e.feed)
+	if p, err := newPoller(); err == nil {
+		e.poller = p
+	} else {
+		e.log.Info("idle connections keep a reader goroutine", "reason", err)
+	}
 	e.hub.recent = e.cfg.RoomCache
 	e.hub.linger = roomLinger
 	e.hub.observer = hubObserver{
@@ -400,6 +407,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	}
 	if e.pub != nil {
 		e.pub.stop()
+	}
+	if e.poller != nil {
+		e.poller.close()
 	}
 	e.log.Info("drained", "err", err)
 	return err
@@ -512,21 +522,21 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 
 // runConn serves an upgraded connection until it ends.
 func (e *Edge) runConn(c *Conn, ident *auth.Identity) {
-	defer e.handlers.Done()
-	defer func() {
-		e.mu.Lock()
-		delete(e.conns, c)
-		e.mu.Unlock()
-		e.metrics.Connections.Dec()
-	}()
 	if !ident.Expires.IsZero() {
-		t := time.AfterFunc(time.Until(ident.Expires), func() {
+		c.tokenTimer = time.AfterFunc(time.Until(ident.Expires), func() {
 			c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")
 		})
-		defer t.Stop()
 	}
 	c.serve()
-	c.log.Debug("disconnected", "code", c.closeCode)
+}
+
+// connGone is the end of a connection's teardown (see Conn.teardown).
+func (e *Edge) connGone(c *Conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+	e.metrics.Connections.Dec()
+	e.handlers.Done()
 }
 
 func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {

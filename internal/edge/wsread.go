@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ type frameReader struct {
 	timeout time.Duration
 	state   ws.State
 	onPing  func(payload []byte) error
+	last    atomic.Int64 // unix nanos of the last frame read
 }
 
 func newFrameReader(nc net.Conn, timeout time.Duration, onPing func([]byte) error) *frameReader {
@@ -96,8 +98,15 @@ func waitReadable(rc syscall.RawConn) error {
 }
 
 func (fr *frameReader) deadline() {
-	_ = fr.nc.SetReadDeadline(time.Now().Add(fr.timeout))
+	now := time.Now()
+	fr.last.Store(now.UnixNano())
+	_ = fr.nc.SetReadDeadline(now.Add(fr.timeout))
 }
+
+func (fr *frameReader) lastRead() time.Time { return time.Unix(0, fr.last.Load()) }
+
+// empty says whether nothing read is waiting in the buffer.
+func (fr *frameReader) empty() bool { return fr.br == nil || fr.br.Buffered() == 0 }
 
 // errTooLarge ends a connection whose message passed the hard limit.
 var errTooLarge = errors.New("message above the hard frame limit")
