@@ -168,6 +168,7 @@ func (c *Conn) park() bool {
 	a := p.prepare(c)
 	c.parked.Store(true) // from here on c may belong to another reader
 	if err := p.arm(c.rc, a); err != nil {
+		c.log.Debug("cannot park", "err", err)
 		// Take c back, unless a close's wake already did.
 		return !c.parked.CompareAndSwap(true, false)
 	}
@@ -259,6 +260,9 @@ func (c *Conn) readLoop(woken bool) error {
 				return nil
 			}
 			return err
+		}
+		if m.control {
+			continue
 		}
 		c.e.metrics.FramesIn.Inc()
 		c.e.metrics.BytesIn.Add(float64(m.size))

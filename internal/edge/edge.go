@@ -253,6 +253,19 @@ func New(cfg Config, nc *nats.Conn) (*Edge, error) {
 		}
 		return 0
 	}))
+	e.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "parley_edge_parked_connections", Help: "Idle connections waiting in the poller, without a goroutine.",
+	}, func() float64 {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		n := 0
+		for c := range e.conns {
+			if c.parked.Load() {
+				n++
+			}
+		}
+		return float64(n)
+	}))
 	e.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "parley_edge_nats_reconnects_total", Help: "NATS reconnections of the edge's connection.",
 	}, func() float64 { return float64(nc.Stats().Reconnects) }))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -669,6 +670,16 @@ func TestKeepaliveAndReadTimeout(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // idle on purpose: nearly four read timeouts
 	if err := c.Ping(ctxT(t)); err != nil {
 		t.Fatalf("idle connection with pongs was dropped: %v", err)
+	}
+	// Between pings and pongs an idle connection waits in the poller,
+	// without a goroutine (Linux).
+	if runtime.GOOS == "linux" {
+		natstest.Eventually(t, 5*time.Second, func() error {
+			if v := metric(t, e, "parley_edge_parked_connections"); v != 1 {
+				return fmt.Errorf("parked connections %v, want 1", v)
+			}
+			return nil
+		})
 	}
 	// A raw client that never reads never answers pings: dropped.
 	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=mute", nil)

@@ -113,6 +113,7 @@ var errTooLarge = errors.New("message above the hard frame limit")
 
 // message is one complete client message.
 type message struct {
+	control  bool // only control frames (ping, pong) were read
 	text     bool
 	data     []byte // nil when the message was larger than keep and discarded
 	size     int
@@ -157,6 +158,11 @@ func (fr *frameReader) next(keep, hard int) (message, error) {
 				}
 				return m, &websocket.CloseError{Code: int(code), Text: reason}
 			} // a pong only proves the client is alive: the deadline moved
+			if !started && fr.empty() {
+				// Nothing more to read now: let the caller park the
+				// connection rather than wait in here.
+				return message{control: true}, nil
+			}
 			continue
 		}
 		if !started {
