@@ -1,0 +1,76 @@
+package loadgen_test
+
+import (
+	"context"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/loadgen"
+	"github.com/parley-mesh/parley/internal/natstest"
+)
+
+// The test binary doubles as the load tool's worker process, as the real
+// binary does: Run starts "<exe> worker".
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		if err := loadgen.RunWorker(context.Background(), os.Stdin, os.Stdout); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// A short run of the real tool against a real edge, so the tool cannot rot:
+// 1,000 connections in 20 rooms, a backend publishing, every message counted.
+func TestSmokeFanout(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	cfg := edge.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Insecure = true
+	e, err := edge.New(cfg, natstest.Connect(t, srv.URL(), nats.MaxReconnects(-1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.Shutdown(ctx)
+	})
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	res, err := loadgen.Run(ctx, loadgen.Spec{
+		Scenario: loadgen.Fanout, URLs: []string{"ws://" + e.Addr() + "/ws"}, NATS: srv.URL(),
+		Conns: 1000, Workers: 2, Rate: 2000, Rooms: 20, MsgRate: 5, Payload: 16,
+		Duration: 3 * time.Second, Sources: 2, Progress: time.Second,
+	}, exe, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Print(io.Discard)
+	if res.Connected != 1000 || res.Subscribed != 1000 {
+		t.Fatalf("connected %d, subscribed %d, errors %v", res.Connected, res.Subscribed, res.ConnectErrors)
+	}
+	// 20 rooms × 5 msg/s × 3 s to 50 subscribers each: about 15,000.
+	if res.BackendPub < 100 || res.Counts.Delivered < 50*res.BackendPub {
+		t.Fatalf("published %d, delivered %d", res.BackendPub, res.Counts.Delivered)
+	}
+	if res.Undelivered != 0 || res.Counts.Dups != 0 || res.Counts.Disorder != 0 {
+		t.Fatalf("undelivered %d, duplicates %d, out of order %d", res.Undelivered, res.Counts.Dups, res.Counts.Disorder)
+	}
+	if res.Latency.Count == 0 || res.Latency.P50 <= 0 || res.Latency.P50 > res.Latency.Max {
+		t.Fatalf("latency %+v", res.Latency)
+	}
+}
