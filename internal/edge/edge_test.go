@@ -32,12 +32,12 @@ var testSecret = []byte("test-secret-of-reasonable-length-0123456789")
 // startEdge starts an edge on its own NATS connection to url; JWT (HS256
 // with testSecret) and insecure ?user= are both accepted unless mutate says
 // otherwise.
-func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
+func startEdge(t testing.TB, url string, mutate func(*edge.Config)) *edge.Edge {
 	t.Helper()
 	return startEdgeOpts(t, url, mutate, nil)
 }
 
-func startEdgeOpts(t *testing.T, url string, mutate func(*edge.Config), natsOpts []nats.Option) *edge.Edge {
+func startEdgeOpts(t testing.TB, url string, mutate func(*edge.Config), natsOpts []nats.Option) *edge.Edge {
 	t.Helper()
 	cfg := edge.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
