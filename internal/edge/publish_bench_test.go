@@ -54,8 +54,8 @@ func BenchmarkPublishPath(b *testing.B) {
 
 	b.Run("edge", func(b *testing.B) {
 		e := startEdge(b, srv.URL(), func(c *edge.Config) {
-			c.PublishRate, c.PublishBurst = 1e9, 1 << 30
-			c.RequestRate, c.RequestBurst = 1e9, 1 << 30
+			c.PublishRate, c.PublishBurst = 1e9, 1<<30
+			c.RequestRate, c.RequestBurst = 1e9, 1<<30
 		})
 		cs := make([]*client.Client, clients)
 		for i := range cs {
