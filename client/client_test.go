@@ -10,33 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 )
 
-func startEdge(t *testing.T, url string) *edge.Edge {
-	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Insecure = true
-	nc := natstest.Connect(t, url, nats.MaxReconnects(-1))
-	e, err := edge.New(cfg, nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = e.Shutdown(ctx)
-	})
-	return e
-}
+func startEdge(t *testing.T, url string) *edge.Edge { return edgetest.Start(t, url, nil) }
 
 // proxy forwards loopback TCP to an edge; kill drops every connection at
 // once and stops listening, as a crashed edge (or its host) would.

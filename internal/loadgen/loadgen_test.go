@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
-	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/loadgen"
 	"github.com/parley-mesh/parley/internal/natstest"
 )
@@ -30,21 +28,7 @@ func TestMain(m *testing.M) {
 // 1,000 connections in 20 rooms, a backend publishing, every message counted.
 func TestSmokeFanout(t *testing.T) {
 	srv := natstest.StartJetStream(t)
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Insecure = true
-	e, err := edge.New(cfg, natstest.Connect(t, srv.URL(), nats.MaxReconnects(-1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = e.Shutdown(ctx)
-	})
+	e := edgetest.Start(t, srv.URL(), nil)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
