@@ -1,42 +1,20 @@
 package archive
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/internal/protocol"
 )
 
 func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
-	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Insecure = true
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	nc := natstest.Connect(t, url, nats.MaxReconnects(-1))
-	e, err := edge.New(cfg, nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = e.Shutdown(ctx)
-	})
-	return e
+	return edgetest.Start(t, url, mutate)
 }
 
 func dialEdge(t *testing.T, e *edge.Edge, user string) *client.Client {

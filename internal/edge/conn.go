@@ -40,7 +40,6 @@ type Conn struct {
 	strikeAt time.Time
 
 	inflight atomic.Int32 // publishes awaiting their JetStream ack
-	pubs     sync.WaitGroup
 	draining atomic.Bool
 
 	closeOnce sync.Once

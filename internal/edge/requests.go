@@ -216,12 +216,9 @@ func (c *Conn) history(req *protocol.Request) error {
 		size += len(ds[cut].Frame)
 	}
 	ds = ds[cut:]
-	msgs := make([]json.RawMessage, len(ds))
+	msgs := make([]json.RawMessage, len(ds)) // never nil: "msgs":[] when empty
 	for i, d := range ds {
 		msgs[i] = d.Frame
-	}
-	if msgs == nil {
-		msgs = []json.RawMessage{}
 	}
 	c.e.metrics.HistoryRequests.Inc()
 	c.reply(protocol.Reply{ID: req.ID, OK: true, Msgs: msgs})

@@ -57,26 +57,24 @@ func (fr *frameReader) release() {
 	}
 }
 
-// buffer makes sure bytes can be read: with nothing buffered it gives the
-// buffer back, waits for the socket shallowly, then takes one again.
+// buffer makes sure bytes can be read: with nothing buffered it waits (see
+// idle), then takes a buffer from the pool.
 func (fr *frameReader) buffer() error {
-	if fr.br != nil && fr.br.Buffered() > 0 {
+	if !fr.empty() {
 		return nil
 	}
-	fr.release()
-	if fr.rc != nil {
-		if err := waitReadable(fr.rc); err != nil {
-			return err
-		}
+	if err := fr.idle(); err != nil {
+		return err
 	}
 	fr.br = readBufPool.Get().(*bufio.Reader)
 	fr.br.Reset(fr.nc)
 	return nil
 }
 
-// idle waits, without a buffer, until there is something to read.
+// idle waits, without a buffer, until there is something to read (on a
+// conn that is not a socket, it returns and the read itself blocks).
 func (fr *frameReader) idle() error {
-	if fr.br != nil && fr.br.Buffered() > 0 {
+	if !fr.empty() {
 		return nil
 	}
 	fr.release()

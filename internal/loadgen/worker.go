@@ -162,20 +162,33 @@ func (w *worker) roomOf(i int) string {
 // from one of the source addresses, and subscribes them.
 func (w *worker) connectAll(ctx context.Context) {
 	s := &w.spec
-	rate := s.Rate / float64(s.Workers)
-	interval := time.Duration(float64(time.Second) / rate)
 	deadline := time.Now().Add(s.Ramp)
 	w.conns = make([]*conn, s.NConns)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 256) // handshakes in flight
-	tick := time.NewTicker(max(interval, time.Microsecond))
-	defer tick.Stop()
-	for k := range s.NConns {
+	for k := range w.conns {
 		i := s.FirstConn + k
-		cn := &conn{i: i, room: w.roomOf(i)}
-		w.conns[k] = cn
+		w.conns[k] = &conn{i: i, room: w.roomOf(i)}
+	}
+	w.paced(ctx, func(*conn) bool {
 		if time.Now().After(deadline) {
 			w.countErr("ramp_timeout")
+			return false
+		}
+		return true
+	}, func(cn *conn) { w.open(ctx, cn, nil) })
+}
+
+// paced runs do for every connection that want accepts, at the worker's
+// share of the connect rate and with at most 256 handshakes in flight, and
+// waits for them.
+func (w *worker) paced(ctx context.Context, want func(*conn) bool, do func(*conn)) {
+	rate := w.spec.Rate / float64(w.spec.Workers)
+	tick := time.NewTicker(max(time.Duration(float64(time.Second)/rate), time.Microsecond))
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, 256)
+	for _, cn := range w.conns {
+		if !want(cn) {
 			continue
 		}
 		select {
@@ -188,10 +201,9 @@ func (w *worker) connectAll(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			w.open(ctx, cn, nil)
+			do(cn)
 		}()
 	}
-	wg.Wait()
 }
 
 func (w *worker) dialOpts(i int) []client.Option {
@@ -403,38 +415,18 @@ func (w *worker) massReconnect(ctx context.Context) {
 			go c.Close() // all at once
 		}
 	}
-	rate := w.spec.Rate / float64(w.spec.Workers)
-	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
-	defer tick.Stop()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 256)
-	for _, cn := range w.conns {
-		if cn.c.Load() == nil {
-			continue
+	w.paced(ctx, func(cn *conn) bool { return cn.c.Load() != nil }, func(cn *conn) {
+		<-cn.ended // resume from what the old connection really delivered
+		since := cn.last.Load()
+		began := time.Now()
+		w.connected.Add(-1)
+		if w.open(ctx, cn, &since) {
+			w.resumed.Add(1)
+			w.histMu.Lock()
+			_ = w.resume.RecordValue(time.Since(began).Microseconds())
+			w.histMu.Unlock()
 		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			<-cn.ended // resume from what the old connection really delivered
-			since := cn.last.Load()
-			began := time.Now()
-			w.connected.Add(-1)
-			if w.open(ctx, cn, &since) {
-				w.resumed.Add(1)
-				w.histMu.Lock()
-				_ = w.resume.RecordValue(time.Since(began).Microseconds())
-				w.histMu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	})
 }
 
 func (w *worker) finish() error {
