@@ -5,6 +5,11 @@
 //
 //	go run ./cmd/loadgen --scenario fanout --conns 10000 --rooms 1 --msg-rate 100 \
 //	    --url ws://127.0.0.1:8080/ws --nats nats://127.0.0.1:4222
+//
+// "loadgen floor" measures the machine instead: loopback writes per second
+// with no server code at all, the bound under every fan-out figure.
+//
+//	go run ./cmd/loadgen floor --pairs 5000 --writers 1 --duration 5s
 package main
 
 import (
@@ -28,6 +33,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		if err := loadgen.RunWorker(ctx, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "floor" {
+		if err := floor(ctx, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen floor:", err)
 			os.Exit(1)
 		}
 		return
@@ -76,16 +88,47 @@ func run(ctx context.Context, args []string) error {
 	}
 	res.Print(os.Stdout)
 	if jsonOut != "" {
-		b, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
+		if err := writeJSON(jsonOut, res); err != nil {
 			return err
-		}
-		if err := os.WriteFile(jsonOut, b, 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", jsonOut, err)
 		}
 	}
 	if res.Undelivered > 0 || res.Counts.Dups > 0 || res.Counts.Disorder > 0 {
 		return errors.New("messages undelivered, duplicated or out of order")
+	}
+	return nil
+}
+
+// floor measures the machine's loopback write rate (see loadgen.Floor).
+func floor(ctx context.Context, args []string) error {
+	var s loadgen.FloorSpec
+	var jsonOut string
+	fs := flag.NewFlagSet("loadgen floor", flag.ContinueOnError)
+	fs.IntVar(&s.Pairs, "pairs", 5000, "loopback connections, two file descriptors each (keep 2×pairs under the open-file limit)")
+	fs.IntVar(&s.Writers, "writers", 1, "writer threads, each writing to its share of the connections in turn")
+	fs.IntVar(&s.Bytes, "bytes", 150, "bytes per write (about one pushed message)")
+	fs.DurationVar(&s.Duration, "duration", 5*time.Second, "how long to write")
+	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res, err := loadgen.Floor(ctx, s)
+	if err != nil {
+		return err
+	}
+	res.Print(os.Stdout)
+	if jsonOut != "" {
+		return writeJSON(jsonOut, res)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }
