@@ -422,3 +422,79 @@ func TestResumeFromTheRoomsRecentMessages(t *testing.T) {
 		}
 	}
 }
+
+// Resumes and history pages larger than one Direct Get batch (256) read
+// every batch: the exact newest window, every missed message, and the
+// over-the-limit resume says so.
+func TestLargeResumesAndHistoryPages(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.RoomCache = 0 }) // the stream, not the room's memory
+	js := natstest.JetStream(t, srv.URL())
+	const n = 1300
+	var seqs []uint64
+	futures := make([]jetstream.PubAckFuture, 0, n)
+	for i := range n {
+		f, err := js.PublishAsync("chat.room.big", fmt.Appendf(nil, `{"data":%d}`, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		futures = append(futures, f)
+		if i%100 == 50 { // interleave another room: seqs are not contiguous
+			if _, err := js.PublishAsync("chat.room.other", []byte(`{"data":0}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			seqs = append(seqs, ack.Sequence)
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("publish not acked")
+		}
+	}
+
+	c := dial(t, e, "reader")
+	for _, limit := range []int{129, 255, 256, 257, 300, 500} {
+		msgs, err := c.History(ctxT(t), "big", 0, limit)
+		if err != nil {
+			t.Fatalf("history limit %d: %v", limit, err)
+		}
+		got := make([]uint64, len(msgs))
+		for i, m := range msgs {
+			got[i] = m.Seq
+		}
+		equalSeqs(t, fmt.Sprintf("history limit %d", limit), got, seqs[n-limit:])
+	}
+	msgs, err := c.History(ctxT(t), "big", seqs[700], 400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 400 || msgs[0].Seq != seqs[300] || msgs[399].Seq != seqs[699] {
+		t.Fatalf("history before seq %d: %d messages, %d..%d", seqs[700], len(msgs), msgs[0].Seq, msgs[len(msgs)-1].Seq)
+	}
+
+	for _, tc := range []struct {
+		name      string
+		opt       client.SubOption
+		want      []uint64
+		recovered bool
+	}{
+		{"since, 470 missed", client.Since(seqs[n-471]), seqs[n-470:], true},
+		{"last 600", client.Last(600), seqs[n-600:], true},
+		{"since 0, 1300 stored", client.Since(0), seqs[n-1000:], false},
+	} {
+		c := dial(t, e, "resumer")
+		r, err := c.Subscribe(ctxT(t), "big", tc.opt)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if r.Recovered == nil || *r.Recovered != tc.recovered {
+			t.Fatalf("%s: reply %+v, want recovered %v", tc.name, r, tc.recovered)
+		}
+		equalSeqs(t, tc.name, collect(t, c, len(tc.want)), tc.want)
+		c.Close()
+	}
+}

@@ -98,7 +98,7 @@ func (r *streamReader) readRange(ctx context.Context, topic string, from, upTo u
 	var out []Delivery
 	for from <= upTo {
 		want := max - len(out) + 1 // one more tells "there were more"
-		ds, _, err := r.fetch(ctx, topic, from, want)
+		ds, pending, err := r.fetch(ctx, topic, from, want)
 		if errors.Is(err, errNoMessages) {
 			break
 		}
@@ -114,7 +114,10 @@ func (r *streamReader) readRange(ctx context.Context, topic string, from, upTo u
 			}
 			out = append(out, d)
 		}
-		if len(ds) < want {
+		// A batch may end short of want (batchLimit, or the server's byte
+		// limit per batch): only the count of matching messages after the
+		// last one says whether the topic has more.
+		if len(ds) == 0 || pending == 0 {
 			break
 		}
 		from = ds[len(ds)-1].Seq + 1
