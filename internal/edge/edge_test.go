@@ -168,6 +168,22 @@ func TestPubSubWithSeqAndDedup(t *testing.T) {
 	if m := next(t, alice); m.Seq != 2 || m.From != "bob" {
 		t.Fatalf("after the duplicate, alice got %+v", m)
 	}
+	// The same msg_id for another target is another message (a client
+	// numbering per room must not lose the second room's first message).
+	ack, err = alice.Publish(ctxT(t), "side", "c-1", "elsewhere")
+	if err != nil || ack.Seq != 3 || ack.Dup {
+		t.Fatalf("c-1 in another room: ack %+v err %v", ack, err)
+	}
+	ack, err = alice.PublishDM(ctxT(t), "bob", "c-1", "psst")
+	if err != nil || ack.Seq != 4 || ack.Dup {
+		t.Fatalf("c-1 as a DM: ack %+v err %v", ack, err)
+	}
+	if m := next(t, bob); m.Seq != 2 { // his own lobby message
+		t.Fatalf("bob got %+v", m)
+	}
+	if m := next(t, bob); m.Seq != 4 || m.To != "bob" {
+		t.Fatalf("bob's DM %+v", m)
+	}
 	// A late subscriber learns the room's position and gets what follows.
 	carol := dial(t, e, "carol")
 	if r := subscribe(t, carol, "lobby"); r.Seq != 2 {
@@ -176,7 +192,7 @@ func TestPubSubWithSeqAndDedup(t *testing.T) {
 	if _, err := alice.Publish(ctxT(t), "lobby", "", 3); err != nil {
 		t.Fatal(err)
 	}
-	if m := next(t, carol); m.Seq != 3 || m.MsgID != "" {
+	if m := next(t, carol); m.Seq != 5 || m.MsgID != "" {
 		t.Fatalf("carol got %+v", m)
 	}
 	// Unsubscribed: nothing more arrives.

@@ -74,9 +74,11 @@ func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byt
 	m := nats.NewMsg(subject)
 	m.Data = envelope(c.ident.User, msgID, data)
 	if msgID != "" {
-		// Dedup ids are scoped to the publisher: a user cannot suppress
-		// another's message by reusing its msg_id. Names never hold ':'.
-		m.Header.Set(jetstream.MsgIDHeader, c.ident.User+":"+msgID)
+		// Dedup ids are scoped to the publisher and the target: a user
+		// cannot suppress another's message by reusing its msg_id, and a
+		// client numbering its messages per room does not lose the second
+		// room's "m-1". Names and subjects never hold ':'.
+		m.Header.Set(jetstream.MsgIDHeader, c.ident.User+":"+subject+":"+msgID)
 	}
 	p.mu.Lock()
 	// Checked under mu: a drain marks connections draining before it waits
