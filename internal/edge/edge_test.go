@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -709,4 +710,92 @@ func TestKeepaliveAndReadTimeout(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A client that stops reading fills its socket (its receive window is
+// small): the edge's writes block and its queue grows while the client's
+// pings wait for pongs. When the client reads again every frame is whole
+// (no pong in the middle of a message), every message is there, in order,
+// and the last ping is answered.
+func TestStalledReaderGetsWholeFramesInOrder(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedMsgs = 10_000; c.MaxQueuedBytes = 256 << 20 })
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			_ = c.(*net.TCPConn).SetReadBuffer(64 << 10) // a small window: short writes sooner
+		}
+		return c, err
+	}}
+	ws, _, err := d.Dial(wsURL(e)+"?user=staller", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"id":1,"op":"sub","room":"stall"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, b, err := ws.ReadMessage(); err != nil || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("sub: %s %v", b, err)
+	}
+
+	// Publish while the client does not read, and ping it meanwhile: its
+	// pongs queue behind whatever frame is half written.
+	js := natstest.JetStream(t, srv.URL())
+	const n = 600
+	for i := range n {
+		payload := fmt.Sprintf(`{"data":{"i":%d,"pad":%q}}`, i, strings.Repeat("p", 8000+i*37))
+		if _, err := js.PublishAsync("chat.room.stall", []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 0 {
+			if err := ws.WriteControl(websocket.PingMessage, []byte(fmt.Sprint("ping", i)), time.Now().Add(time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatal("publishes not acked")
+	}
+	time.Sleep(300 * time.Millisecond) // let the edge fill the socket
+
+	var pongs []string
+	ws.SetPongHandler(func(s string) error { pongs = append(pongs, s); return nil })
+	var want uint64 = 1
+	for want <= n {
+		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, b, err := ws.ReadMessage() // a torn frame fails here
+		if err != nil {
+			t.Fatalf("reading seq %d: %v", want, err)
+		}
+		protocol.SplitFrame(b, func(line []byte) {
+			var m protocol.Msg
+			if err := json.Unmarshal(line, &m); err != nil || m.Op != "msg" {
+				t.Fatalf("line %.80q: %v", line, err)
+			}
+			if m.Seq != want {
+				t.Fatalf("seq %d, want %d", m.Seq, want)
+			}
+			want++
+		})
+	}
+	// A request after the last ping: its reply comes after the pong.
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"id":2,"op":"ping"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, b, err := ws.ReadMessage(); err != nil || !strings.Contains(string(b), `"id":2`) {
+		t.Fatalf("ping reply: %s %v", b, err)
+	}
+	// Pings answered while the writer was behind may share one pong (only
+	// the latest needs an answer), but the last ping is answered.
+	if len(pongs) == 0 || pongs[len(pongs)-1] != fmt.Sprint("ping", n-50) {
+		t.Fatalf("pongs %q, want the last one for ping%d", pongs, n-50)
+	}
+	if v := metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); v != 0 {
+		t.Fatalf("slow_consumer disconnects %v", v)
+	}
 }
