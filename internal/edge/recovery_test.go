@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -496,5 +498,56 @@ func TestLargeResumesAndHistoryPages(t *testing.T) {
 		}
 		equalSeqs(t, tc.name, collect(t, c, len(tc.want)), tc.want)
 		c.Close()
+	}
+}
+
+// A resume larger than half the connection's queue would get the client
+// closed as a slow consumer, again on every retry: the edge sends the
+// newest messages that fit, says recovered:false, and the connection goes
+// on with live messages. "last":0 is no last at all.
+func TestResumeBoundedByTheQueue(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedBytes = 64 << 10 })
+	be := newBackend(t, srv.URL())
+	pad := strings.Repeat("x", 2000)
+	var seqs []uint64
+	for i := range 100 {
+		ack, err := be.js.Publish(context.Background(), "chat.room.heavy", fmt.Appendf(nil, `{"data":{"i":%d,"pad":%q}}`, i, pad))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, ack.Sequence)
+	}
+	for _, opt := range []client.SubOption{client.Since(0), client.Last(100)} {
+		c := dial(t, e, "heavy")
+		r, err := c.Subscribe(ctxT(t), "heavy", opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Recovered == nil || *r.Recovered || !strings.Contains(r.Reason, "bytes") {
+			t.Fatalf("reply %+v, want recovered:false for the size", r)
+		}
+		// About 2 KB each, at most 32 KiB: the newest 15 or so.
+		m := next(t, c)
+		k := slices.Index(seqs, m.Seq)
+		if k < len(seqs)-20 {
+			t.Fatalf("replay starts at message %d (seq %d): more than half the queue", k, m.Seq)
+		}
+		equalSeqs(t, "the newest that fit", append([]uint64{m.Seq}, collect(t, c, len(seqs)-1-k)...), seqs[k:])
+		live := be.pub("heavy", 1000)
+		if m := next(t, c); m.Seq != live {
+			t.Fatalf("after the replay got %+v, want live seq %d", m, live)
+		}
+		seqs = append(seqs, live)
+		c.Close()
+	}
+
+	c := dial(t, e, "zero")
+	r, err := c.Subscribe(ctxT(t), "heavy", client.Last(0))
+	if err != nil || r.Recovered != nil {
+		t.Fatalf("last 0: %+v %v, want a plain sub", r, err)
+	}
+	if _, err := c.Subscribe(ctxT(t), "other", client.Since(0), client.Last(0)); err != nil {
+		t.Fatalf("since with last 0: %v", err)
 	}
 }

@@ -32,11 +32,14 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	if len(c.rooms) >= c.e.cfg.MaxSubscriptions {
 		return fmt.Errorf("%w: at most %d subscriptions per connection", protocol.ErrForbidden, c.e.cfg.MaxSubscriptions)
 	}
-	if req.Since != nil && req.Last != nil {
-		return fmt.Errorf("%w: sub takes since or last, not both", protocol.ErrBadRequest)
-	}
 	if req.Last != nil && *req.Last < 0 {
 		return fmt.Errorf("%w: last must not be negative", protocol.ErrBadRequest)
+	}
+	if req.Last != nil && *req.Last == 0 { // "last":0 is no last at all
+		req.Last = nil
+	}
+	if req.Since != nil && req.Last != nil {
+		return fmt.Errorf("%w: sub takes since or last, not both", protocol.ErrBadRequest)
 	}
 	began := time.Now()
 	topic := pjs.RoomSubject(req.Room)
@@ -62,6 +65,14 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 			c.e.metrics.Recoveries.WithLabelValues("failed").Inc()
 			c.e.hub.Leave(r, c)
 			return err
+		}
+		// A replay larger than the connection's queue could hold would
+		// close it as a slow consumer, and the client's resume would do
+		// the same again: keep the newest that fit in half the queue.
+		if budget := c.e.cfg.MaxQueuedBytes / 2; framesBytes(replay) > budget {
+			replay = newestWithin(replay, budget)
+			*reply.Recovered = false
+			reply.Reason = fmt.Sprintf("the messages asked for exceed %d bytes; the newest %d follow, read older ones with history", budget, len(replay))
 		}
 		result := "recovered"
 		if !*reply.Recovered {
@@ -145,6 +156,25 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
 	}
 	return replay, nil
+}
+
+// framesBytes is the size of ds's frames.
+func framesBytes(ds []Delivery) int {
+	n := 0
+	for _, d := range ds {
+		n += len(d.Frame)
+	}
+	return n
+}
+
+// newestWithin is the longest tail of ds whose frames fit in budget bytes.
+func newestWithin(ds []Delivery, budget int) []Delivery {
+	i := len(ds)
+	for i > 0 && budget >= len(ds[i-1].Frame) {
+		budget -= len(ds[i-1].Frame)
+		i--
+	}
+	return ds[i:]
 }
 
 // maybeLost reports whether retention may have removed messages of topic
