@@ -26,6 +26,7 @@ import (
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/natsrun"
+	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
@@ -100,6 +101,8 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.DurationVar(&c.WriteDelay, "write-delay", 0, "collect pushes this long before each write: fewer syscalls at high fan-out, that much more latency")
 	fs.DurationVar(&c.PublishTimeout, "publish-timeout", c.PublishTimeout, "wait this long for a JetStream ack before answering unavailable")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "grace period of a SIGTERM drain")
+	fs.StringVar(&c.Presence.EdgeID, "edge-id", "", "this edge's name in presence events, unique among live edges, e.g. the pod name (default: edge-<random>)")
+	fs.DurationVar(&c.Presence.Heartbeat, "presence-heartbeat", 2*time.Second, "how often the edge tells presence workers it is alive (keep well under their --edge-timeout)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or text")
 	if err := config.Parse(fs, args, getenv); err != nil {
@@ -107,6 +110,9 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if id := c.Presence.EdgeID; id != "" && !protocol.ValidName(id) {
+		return nil, fmt.Errorf("--edge-id %q: use 1-%d characters of [A-Za-z0-9_-]", id, protocol.MaxNameLen)
 	}
 	return o, nil
 }
