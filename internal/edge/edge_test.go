@@ -23,6 +23,7 @@ import (
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/auth"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
@@ -40,34 +41,15 @@ func startEdge(t testing.TB, url string, mutate func(*edge.Config)) *edge.Edge {
 
 func startEdgeOpts(t testing.TB, url string, mutate func(*edge.Config), natsOpts []nats.Option) *edge.Edge {
 	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Insecure = true
-	cfg.Auth = auth.Config{HMACSecret: testSecret}
-	if testing.Verbose() {
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	opts := append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, natsOpts...)
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := edge.New(cfg, nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = e.Shutdown(ctx)
-		nc.Close()
-	})
+	e, _ := edgetest.StartConn(t, url, func(cfg *edge.Config) {
+		cfg.Auth = auth.Config{HMACSecret: testSecret}
+		if testing.Verbose() {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}
+		if mutate != nil {
+			mutate(cfg)
+		}
+	}, append([]nats.Option{nats.ReconnectWait(50 * time.Millisecond)}, natsOpts...)...)
 	return e
 }
 

@@ -18,13 +18,22 @@ import (
 // configuration first.
 func Start(t testing.TB, url string, mutate func(*edge.Config)) *edge.Edge {
 	t.Helper()
+	e, _ := StartConn(t, url, mutate)
+	return e
+}
+
+// StartConn is Start that also returns the edge's NATS connection, which a
+// test may close to cut the edge off NATS (as a crash would); natsOpts are
+// added to the connection's options.
+func StartConn(t testing.TB, url string, mutate func(*edge.Config), natsOpts ...nats.Option) (*edge.Edge, *nats.Conn) {
+	t.Helper()
 	cfg := edge.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Insecure = true
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	nc := natstest.Connect(t, url, nats.MaxReconnects(-1))
+	nc := natstest.Connect(t, url, append([]nats.Option{nats.MaxReconnects(-1)}, natsOpts...)...)
 	e, err := edge.New(cfg, nc)
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +46,7 @@ func Start(t testing.TB, url string, mutate func(*edge.Config)) *edge.Edge {
 		defer cancel()
 		_ = e.Shutdown(ctx)
 	})
-	return e
+	return e, nc
 }
 
 // URL is the edge's WebSocket URL.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/internal/presence"
 	pjs "github.com/parley-mesh/parley/jetstream"
@@ -41,27 +42,9 @@ type testEdge struct {
 
 func startEdge(t *testing.T, url, id string) *testEdge {
 	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Insecure = true
-	cfg.Logger = logger()
-	cfg.Presence = edge.PresenceConfig{EdgeID: id, Heartbeat: testHeartbeat}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := edge.New(cfg, nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = e.Shutdown(ctx)
-		nc.Close()
+	e, nc := edgetest.StartConn(t, url, func(cfg *edge.Config) {
+		cfg.Logger = logger()
+		cfg.Presence = edge.PresenceConfig{EdgeID: id, Heartbeat: testHeartbeat}
 	})
 	return &testEdge{Edge: e, nc: nc}
 }
