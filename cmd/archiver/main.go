@@ -16,9 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,22 +26,13 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, nil); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "archiver:", err)
-		if errors.Is(err, errUsage) || errors.Is(err, archive.ErrBadConfig) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	config.Main("archiver", func(ctx context.Context, args []string, getenv func(string) string) error {
+		return run(ctx, args, getenv, nil)
+	}, archive.ErrBadConfig)
 }
 
-// errUsage marks a command line that cannot work.
-var errUsage = errors.New("usage")
+// errUsage marks a command line that cannot work (exit status 2).
+var errUsage = config.ErrUsage
 
 type options struct {
 	archive   archive.Config

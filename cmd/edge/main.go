@@ -13,10 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -30,17 +28,7 @@ import (
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "edge:", err)
-		os.Exit(1)
-	}
-}
+func main() { config.Main("edge", run) }
 
 type options struct {
 	edge          edge.Config
