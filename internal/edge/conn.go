@@ -185,6 +185,7 @@ func (c *Conn) park() bool {
 func (c *Conn) teardown() {
 	c.close(websocket.CloseNormalClosure, "")
 	<-c.done
+	c.closeSocket()
 	c.stopPing()
 	if c.tokenTimer != nil {
 		c.tokenTimer.Stop()
@@ -514,12 +515,12 @@ func (c *Conn) writeFailed(err error) {
 // then says goodbye with the close code.
 func (c *Conn) finish(frames [][]byte) {
 	defer close(c.done)
-	defer c.ws.Close()
-	if c.closeCode != protocol.CloseSlowConsumer && c.closeCode != websocket.CloseAbnormalClosure {
-		_ = c.writeBatch(frames)
-	}
 	if c.closeCode == websocket.CloseAbnormalClosure {
+		c.ws.Close()
 		return
+	}
+	if c.closeCode != protocol.CloseSlowConsumer {
+		_ = c.writeBatch(frames)
 	}
 	reason := c.closeText
 	if len(reason) > 120 { // control frames carry at most 125 bytes
@@ -528,6 +529,38 @@ func (c *Conn) finish(frames [][]byte) {
 	msg := websocket.FormatCloseMessage(c.closeCode, reason)
 	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.e.cfg.WriteTimeout))
 	c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
+	// Half-close: the close frame is followed by FIN, and the reader
+	// (teardown) closes the socket once the client has closed its side or
+	// closeLinger has passed. Closing at once while the client's frames are
+	// still unread would reset the connection, and a reset can destroy the
+	// close frame before the client reads it (a flooding client, or one
+	// cut off by the hard frame limit, would never see 4004 or 1009).
+	nc := c.ws.NetConn()
+	if hc, ok := nc.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+		_ = nc.SetReadDeadline(time.Now().Add(closeLinger))
+		return
+	}
+	c.ws.Close()
+}
+
+// closeLinger bounds how long a closed connection waits for the client to
+// close its side, and lingerBytes how much it reads and discards meanwhile.
+const (
+	closeLinger = 2 * time.Second
+	lingerBytes = 4 << 20
+)
+
+// closeSocket ends the socket after the writer finished: it reads and
+// discards what the client still sends until the client closes its side
+// (or closeLinger passes, or it sent lingerBytes), then closes.
+func (c *Conn) closeSocket() {
+	nc := c.ws.NetConn()
+	_ = nc.SetReadDeadline(time.Now().Add(closeLinger))
+	if c.fr != nil && c.fr.br != nil { // what the reader had buffered is read already
+		c.fr.release()
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(nc, lingerBytes))
+	_ = nc.Close()
 }
 
 func closeReason(code int) string {

@@ -781,3 +781,55 @@ func TestStalledReaderGetsWholeFramesInOrder(t *testing.T) {
 		t.Fatalf("slow_consumer disconnects %v", v)
 	}
 }
+
+// A connection the edge closes while the client is still sending (a frame
+// far over the hard limit, a request flood) must still show the client its
+// close code: the edge half-closes and reads what is in flight instead of
+// resetting the connection, which could destroy the close frame.
+func TestCloseCodeSurvivesUnreadInput(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxStrikes = 5 })
+	closeCode := func(ws *websocket.Conn) int {
+		t.Helper()
+		for {
+			_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, _, err := ws.ReadMessage(); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					return ce.Code
+				}
+				t.Fatalf("connection ended without a close frame: %v", err)
+			}
+		}
+	}
+
+	// 3 MiB in one frame, three times the hard limit.
+	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=big", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	// Like a simple client: write everything, then read.
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("x", 3<<20))); err != nil {
+		t.Fatalf("the edge reset the connection under the client's write: %v", err)
+	}
+	if code := closeCode(ws); code != websocket.CloseMessageTooBig {
+		t.Fatalf("close code %d, want 1009", code)
+	}
+
+	// A flood of oversize frames: closed for policy while more are on the way.
+	ws2, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=flood", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws2.Close()
+	big := []byte(strings.Repeat("y", 100<<10))
+	for i := range 20 {
+		if err := ws2.WriteMessage(websocket.TextMessage, big); err != nil {
+			t.Fatalf("frame %d: the edge reset the connection under the client's write: %v", i, err)
+		}
+	}
+	if code := closeCode(ws2); code != protocol.ClosePolicyViolation {
+		t.Fatalf("close code %d, want %d", code, protocol.ClosePolicyViolation)
+	}
+}
