@@ -47,7 +47,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	o := &options{archive: archive.DefaultConfig()}
 	fs := flag.NewFlagSet("archiver", flag.ContinueOnError)
 	c := &o.archive
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:8081", "HTTP address for /metrics, /healthz, /readyz")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8082", "HTTP address for /metrics, /healthz, /readyz")
 	o.nats.Register(fs)
 	fs.StringVar(&o.store.Kind, "store", "sqlite", "sqlite or postgres")
 	fs.StringVar(&o.store.SQLitePath, "sqlite-path", "./data/archive.db", "SQLite database file (--store sqlite)")

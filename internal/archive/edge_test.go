@@ -114,6 +114,25 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	}
 	sameMsgs(t, "resumed", nextMsgs(t, bob, 27), live[3:])
 
+	// More missed than an edge replays (--max-recover): the newest that
+	// many, from the archive and the stream, and recovered:false saying so.
+	for _, max := range []int{20, 4} { // 4: the stream's 5 alone cover it
+		small := startEdge(t, srv.URL(), func(c *edge.Config) {
+			c.Stream.MaxMsgsPerSubject = 5
+			c.RoomCache = 0
+			c.MaxRecover = max
+		})
+		erin := dialEdge(t, small, "erin")
+		r, err := erin.Subscribe(ctx, "small", client.Since(live[2].Seq))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Recovered == nil || *r.Recovered || r.Reason != fmt.Sprintf("more than %d messages missed; the newest %d follow, read older ones with history", max, max) {
+			t.Fatalf("resume of 27 with max %d: %+v", max, r)
+		}
+		sameMsgs(t, fmt.Sprintf("the newest %d", max), nextMsgs(t, erin, max), live[30-max:])
+	}
+
 	// No archiver: the stream's 5 and recovered:false, as before.
 	if err := arch.stop(t); err != nil {
 		t.Fatal(err)

@@ -109,25 +109,42 @@ func (c *Conn) historyFromArchive(ctx context.Context, room string, before uint6
 
 // recoverFromArchive completes a resume (sub with since) whose first
 // messages the stream no longer holds: replay is what the stream still has
-// after since, oldest first. It returns the full replay and true only when
-// the archive vouches for the whole stretch between since and the stream's
-// part (its consumer has archived through it) and everything fits within max.
-func (c *Conn) recoverFromArchive(ctx context.Context, room string, since uint64, upTo uint64, replay []Delivery, max int) ([]Delivery, bool) {
-	if c.e.cfg.ArchiveSubject == "" || len(replay) >= max {
-		return nil, false
+// after since, oldest first. ok is true only when the archive vouches for
+// the whole stretch between since and the stream's part (its consumer has
+// archived through it); then ds is every missed message (all) or, when more
+// than max were missed, the newest max of them.
+func (c *Conn) recoverFromArchive(ctx context.Context, room string, since uint64, upTo uint64, replay []Delivery, max int) (ds []Delivery, all, ok bool) {
+	if len(replay) >= max { // the stream alone holds max of the missed ones
+		return replay[len(replay)-max:], false, true
+	}
+	if c.e.cfg.ArchiveSubject == "" {
+		return nil, false, false
 	}
 	before := upTo + 1
 	if len(replay) > 0 {
 		before = replay[0].Seq
 	}
 	after := since
-	older, resp, err := c.e.archiveQuery(ctx, archiveRequest{Room: room, Before: before, After: &after, Limit: max - len(replay)})
+	want := max - len(replay)
+	older, resp, err := c.e.archiveQuery(ctx, archiveRequest{Room: room, Before: before, After: &after, Limit: want})
 	if err != nil {
 		c.e.archiveFailed("sub", room, err)
-		return nil, false
+		return nil, false, false
 	}
-	if resp.More || resp.ArchivedThrough == nil || *resp.ArchivedThrough+1 < before || len(older)+len(replay) > max {
-		return nil, false
+	if resp.ArchivedThrough == nil || *resp.ArchivedThrough+1 < before || len(older) > want {
+		return nil, false, false
 	}
-	return append(older, replay...), true
+	if !resp.More {
+		return append(older, replay...), true, true
+	}
+	// More than max were missed: the newest of the archive's part instead.
+	older, _, err = c.e.archiveQuery(ctx, archiveRequest{Room: room, Before: before, Limit: want})
+	if err != nil {
+		c.e.archiveFailed("sub", room, err)
+		return nil, false, false
+	}
+	if len(older) > want {
+		older = older[len(older)-want:]
+	}
+	return append(older, replay...), false, true
 }

@@ -542,6 +542,20 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 		c.Close()
 	}
 
+	// history is bounded the same way: the newest that fit, and the
+	// connection stays.
+	h := dial(t, e, "historian")
+	msgs, err := h.History(ctxT(t), "heavy", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) < 5 || len(msgs) > 20 || msgs[len(msgs)-1].Seq != seqs[len(seqs)-1] {
+		t.Fatalf("history of 100 × 2 KB with a 64 KiB queue: %d messages", len(msgs))
+	}
+	if err := h.Ping(ctxT(t)); err != nil {
+		t.Fatalf("after the history: %v", err)
+	}
+
 	c := dial(t, e, "zero")
 	r, err := c.Subscribe(ctxT(t), "heavy", client.Last(0))
 	if err != nil || r.Recovered != nil {

@@ -149,8 +149,12 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		return nil, err
 	}
 	if lost {
-		if full, ok := c.recoverFromArchive(ctx, req.Room, since, upTo, replay, max); ok {
-			return full, nil
+		if ds, all, ok := c.recoverFromArchive(ctx, req.Room, since, upTo, replay, max); ok {
+			if !all {
+				recovered = false
+				reply.Reason = fmt.Sprintf("more than %d messages missed; the newest %d follow, read older ones with history", max, len(ds))
+			}
+			return ds, nil
 		}
 		recovered = false
 		reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
@@ -237,15 +241,10 @@ func (c *Conn) history(req *protocol.Request) error {
 		return err
 	}
 	ds = c.historyFromArchive(ctx, req.Room, req.Before, limit, ds)
-	// Keep the reply within bounds: drop the oldest beyond the byte budget;
-	// the client pages on with before = the oldest seq it got.
-	size := 0
-	cut := len(ds)
-	for cut > 0 && size+len(ds[cut-1].Frame) <= c.e.cfg.MaxHistoryBytes {
-		cut--
-		size += len(ds[cut].Frame)
-	}
-	ds = ds[cut:]
+	// Keep the reply within bounds: drop the oldest beyond the byte budget
+	// (and within half the connection's queue, which a larger reply would
+	// overflow); the client pages on with before = the oldest seq it got.
+	ds = newestWithin(ds, min(c.e.cfg.MaxHistoryBytes, c.e.cfg.MaxQueuedBytes/2))
 	msgs := make([]json.RawMessage, len(ds)) // never nil: "msgs":[] when empty
 	for i, d := range ds {
 		msgs[i] = d.Frame
