@@ -442,7 +442,16 @@ func (c *Client) resubscribe(s *session) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			since := w.since
-			rep, err := c.request(ctx, s, protocol.Request{Op: protocol.OpSub, Room: w.room, Since: &since}, nil)
+			rep, err := c.request(ctx, s, protocol.Request{Op: protocol.OpSub, Room: w.room, Since: &since}, func(r protocol.Reply) {
+				// Runs before any message of the room is handled.
+				if pos, ok := resetPosition(since, r); ok {
+					c.mu.Lock()
+					if st := c.rooms[w.room]; st != nil {
+						st.last = pos
+					}
+					c.mu.Unlock()
+				}
+			})
 			if err == nil && rep.Error != nil {
 				err = &Error{Code: rep.Error.Code, Message: rep.Error.Message}
 			}
@@ -761,6 +770,9 @@ func (c *Client) Subscribe(ctx context.Context, room string, opts ...SubOption) 
 		switch {
 		case req.Since != nil:
 			st.last = *req.Since
+			if pos, ok := resetPosition(*req.Since, r); ok {
+				st.last = pos
+			}
 		case req.Last != nil:
 			st.last = 0
 		case r.Seq != nil:
@@ -778,6 +790,17 @@ func (c *Client) Subscribe(ctx context.Context, room string, opts ...SubOption) 
 		res.Seq = *r.Seq
 	}
 	return res, nil
+}
+
+// resetPosition says whether a resume's reply reports the stream reset
+// (recovered:false with a position below since): the room's new messages
+// then have lower seqs than those seen before, and the client's position
+// must drop to the reply's seq or it would discard them as old.
+func resetPosition(since uint64, r protocol.Reply) (uint64, bool) {
+	if r.Error != nil || r.Seq == nil || *r.Seq >= since || r.Recovered == nil || *r.Recovered {
+		return 0, false
+	}
+	return *r.Seq, true
 }
 
 // Unsubscribe stops a room's messages.

@@ -565,3 +565,38 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 		t.Fatalf("since with last 0: %v", err)
 	}
 }
+
+// A resume from beyond anything the stream ever stored means the stream
+// was reset: the edge says so (recovered:false), and the Go client takes
+// the reply's seq as its position, so the room's new, lower seqs are not
+// discarded as old. A position beyond the room's newest but within the
+// stream (seen live on another edge first) is an ordinary resume.
+func TestResumeAfterStreamReset(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	e := startEdge(t, srv.URL(), nil)
+	be := newBackend(t, srv.URL())
+	a1, a2 := be.pub("reset", 1), be.pub("reset", 2)
+
+	c := dial(t, e, "carol")
+	r, err := c.Subscribe(ctxT(t), "reset", client.Since(a2+1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Recovered == nil || *r.Recovered || !strings.Contains(r.Reason, "reset") || r.Seq != a2 {
+		t.Fatalf("reply %+v, want recovered:false saying the stream was reset, seq %d", r, a2)
+	}
+	if seq := be.pub("reset", 4); next(t, c).Seq != seq {
+		t.Fatalf("after the reset the new message (seq %d) did not arrive first", seq)
+	}
+
+	other := be.pub("elsewhere", 3) // beyond the room's newest, within the stream
+	d := dial(t, e, "dave")
+	r, err = d.Subscribe(ctxT(t), "reset", client.Since(other))
+	if err != nil || r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("resume from beyond the room's newest, within the stream: %+v %v", r, err)
+	}
+	if seq := be.pub("reset", 5); next(t, d).Seq != seq {
+		t.Fatalf("dave did not get seq %d next", seq)
+	}
+	_ = a1
+}

@@ -95,7 +95,13 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	c.rooms[req.Room] = r
 	c.e.presence.joined(c, req.Room)
 	c.e.metrics.Subscriptions.Inc()
-	if !r.start(c, seq, frames...) {
+	// Live messages after seq follow; but a client resuming from beyond it
+	// (it saw newer ones live on another edge) has those already.
+	floor := seq
+	if req.Since != nil && *req.Since > seq && reply.Recovered != nil && *reply.Recovered {
+		floor = *req.Since
+	}
+	if !r.start(c, floor, frames...) {
 		c.close(protocol.CloseSlowConsumer, "slow consumer: outbound queue overflowed; reconnect and resume with since")
 	}
 	return nil
@@ -125,6 +131,20 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 	}
 	since := *req.Since
 	if since >= upTo {
+		if since > upTo {
+			// Beyond the room's newest: this edge may just not have seen
+			// the latest yet (the client got it live elsewhere), unless the
+			// stream itself never got that far: then it was reset, and
+			// the client's position means nothing any more.
+			info, err := c.e.stream.Info(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("%w: stream info: %w", protocol.ErrUnavailable, err)
+			}
+			if last := info.State.LastSeq; since > last {
+				recovered = false
+				reply.Reason = fmt.Sprintf("since %d is beyond the stream's last sequence %d: the stream was reset; your position is now the reply's seq", since, last)
+			}
+		}
 		return nil, nil
 	}
 	if ds, ok := r.since(since, upTo, max); ok {
