@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -397,9 +398,33 @@ func jsonProblem(err error) string {
 	case errors.As(err, &syn):
 		return fmt.Sprintf("invalid JSON at byte %d", syn.Offset)
 	case errors.As(err, &typ):
-		return fmt.Sprintf("field %q must be %s", typ.Field, typ.Type)
+		if typ.Field == "" {
+			return "a request must be a JSON object"
+		}
+		return fmt.Sprintf("field %q must be %s", typ.Field, jsonKind(typ.Type))
 	}
 	return "not a JSON object"
+}
+
+// jsonKind names a Go type the way the protocol document does.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a non-negative integer"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Struct, reflect.Map:
+		return "a JSON object"
+	case reflect.Slice, reflect.Array:
+		return "a JSON array"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "a " + t.Kind().String()
 }
 
 func (c *Conn) reply(r protocol.Reply) {

@@ -284,6 +284,13 @@ func TestBadInputGetsCodedErrorsAndConnectionStaysUsable(t *testing.T) {
 			t.Errorf("%s: reply id %d, want %d", tc.name, rep.ID, want.ID)
 		}
 	}
+	// Type errors are worded in JSON's terms, not Go's.
+	if rep := sendRaw(t, c, `{"id":15,"op":"sub","room":5}`); rep.Error == nil || !strings.Contains(rep.Error.Message, `field "room" must be a string`) {
+		t.Errorf("wrong type: %+v", rep.Error)
+	}
+	if rep := sendRaw(t, c, `{"id":16,"op":"sub","room":"x","since":-1}`); rep.Error == nil || !strings.Contains(rep.Error.Message, `must be a non-negative integer`) {
+		t.Errorf("negative since: %+v", rep.Error)
+	}
 	// Replies without an id: malformed JSON and an oversize frame.
 	for _, raw := range []string{`{"id":1,"op":`, `not json`, `{"op":"ping","pad":"` + strings.Repeat("x", 5000) + `"}`} {
 		if err := c.Send(ctxT(t), []byte(raw)); err != nil {

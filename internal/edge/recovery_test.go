@@ -549,6 +549,10 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	raw := sendRaw(t, h, `{"id":77,"op":"history","room":"heavy","limit":100}`)
+	if !strings.Contains(raw.Reason, "cut to the newest") || len(raw.Msgs) != len(msgs) {
+		t.Fatalf("a cut history says so: reason %q, %d messages", raw.Reason, len(raw.Msgs))
+	}
 	if len(msgs) < 5 || len(msgs) > 20 || msgs[len(msgs)-1].Seq != seqs[len(seqs)-1] {
 		t.Fatalf("history of 100 × 2 KB with a 64 KiB queue: %d messages", len(msgs))
 	}

@@ -264,13 +264,18 @@ func (c *Conn) history(req *protocol.Request) error {
 	// Keep the reply within bounds: drop the oldest beyond the byte budget
 	// (and within half the connection's queue, which a larger reply would
 	// overflow); the client pages on with before = the oldest seq it got.
-	ds = newestWithin(ds, min(c.e.cfg.MaxHistoryBytes, c.e.cfg.MaxQueuedBytes/2))
-	msgs := make([]json.RawMessage, len(ds)) // never nil: "msgs":[] when empty
+	reply := protocol.Reply{ID: req.ID, OK: true}
+	budget := min(c.e.cfg.MaxHistoryBytes, c.e.cfg.MaxQueuedBytes/2)
+	if fit := newestWithin(ds, budget); len(fit) < len(ds) {
+		reply.Reason = fmt.Sprintf("cut to the newest %d messages that fit in %d bytes; page back with before", len(fit), budget)
+		ds = fit
+	}
+	reply.Msgs = make([]json.RawMessage, len(ds)) // never nil: "msgs":[] when empty
 	for i, d := range ds {
-		msgs[i] = d.Frame
+		reply.Msgs[i] = d.Frame
 	}
 	c.e.metrics.HistoryRequests.Inc()
-	c.reply(protocol.Reply{ID: req.ID, OK: true, Msgs: msgs})
+	c.reply(reply)
 	return nil
 }
 
