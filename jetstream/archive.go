@@ -2,11 +2,14 @@ package jetstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/parley-mesh/parley/internal/protocol"
 )
 
 // ArchiveConsumer is the durable pull consumer the archivers share: every
@@ -17,6 +20,37 @@ const ArchiveConsumer = "PARLEY_ARCHIVER"
 // (NATS request/reply, JSON; see docs/archiver.md). It is not a stream
 // subject: it lies outside chat.> so requests are never stored.
 const ArchiveHistorySubject = "parley.archive.history"
+
+// ArchiveHistoryRequest asks the archive for messages of one room. See
+// docs/archiver.md for the contract.
+type ArchiveHistoryRequest struct {
+	Room string `json:"room"`
+	// Before: only messages with seq < Before (0: no bound).
+	Before uint64 `json:"before,omitempty"`
+	// BeforeTS: only messages stored before this Unix millisecond (0: none).
+	BeforeTS int64 `json:"before_ts,omitempty"`
+	// After, when present: only messages with seq > After, and the oldest
+	// Limit of them (resuming forwards). Absent: the newest Limit.
+	After *uint64 `json:"after,omitempty"`
+	// Limit: 0 means 50; more than the service's maximum is cut to it.
+	Limit int `json:"limit,omitempty"`
+}
+
+// ArchiveHistoryResponse is the answer: messages oldest first, each exactly the
+// edge's msg push object.
+type ArchiveHistoryResponse struct {
+	Msgs []json.RawMessage `json:"msgs"`
+	// More: further messages match beyond Limit (older ones when paging
+	// backwards, newer ones with After).
+	More bool `json:"more"`
+	// ArchivedThrough, given with After: every stream message with a seq up
+	// to it has been through the archiver (stored, or recorded as poison).
+	// Messages the stream dropped before any archiver saw them cannot be
+	// known here; see docs/archiver.md.
+	ArchivedThrough *uint64 `json:"archived_through,omitempty"`
+	// Error is set instead of the above on failure.
+	Error *protocol.Error `json:"error,omitempty"`
+}
 
 // ArchiveOptions are the knobs of the archive consumer.
 type ArchiveOptions struct {

@@ -13,36 +13,13 @@ import (
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
-// HistoryRequest asks the archive for messages of one room. See
-// docs/archiver.md for the contract.
-type HistoryRequest struct {
-	Room string `json:"room"`
-	// Before: only messages with seq < Before (0: no bound).
-	Before uint64 `json:"before,omitempty"`
-	// BeforeTS: only messages stored before this Unix millisecond (0: none).
-	BeforeTS int64 `json:"before_ts,omitempty"`
-	// After, when present: only messages with seq > After, and the oldest
-	// Limit of them (resuming forwards). Absent: the newest Limit.
-	After *uint64 `json:"after,omitempty"`
-	// Limit: 0 means 50; more than the service's maximum is cut to it.
-	Limit int `json:"limit,omitempty"`
-}
-
-// HistoryResponse is the answer: messages oldest first, each exactly the
-// edge's msg push object.
-type HistoryResponse struct {
-	Msgs []json.RawMessage `json:"msgs"`
-	// More: further messages match beyond Limit (older ones when paging
-	// backwards, newer ones with After).
-	More bool `json:"more"`
-	// ArchivedThrough, given with After: every stream message with a seq up
-	// to it has been through the archiver (stored, or recorded as poison).
-	// Messages the stream dropped before any archiver saw them cannot be
-	// known here; see docs/archiver.md.
-	ArchivedThrough *uint64 `json:"archived_through,omitempty"`
-	// Error is set instead of the above on failure.
-	Error *protocol.Error `json:"error,omitempty"`
-}
+// HistoryRequest and HistoryResponse are the history service's wire types,
+// declared once in the jetstream package, where the edge reads them too
+// (without importing this package and its store drivers).
+type (
+	HistoryRequest  = pjs.ArchiveHistoryRequest
+	HistoryResponse = pjs.ArchiveHistoryResponse
+)
 
 // Default and maximum page sizes.
 const defaultHistoryLimit = 50

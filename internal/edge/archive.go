@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/parley-mesh/parley/internal/protocol"
+	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
 // The archive fallback: when the stream no longer holds what a history
@@ -19,27 +20,10 @@ import (
 // an archive. Archive messages are re-encoded with protocol.AppendMsg, so a
 // client cannot tell them from stream ones.
 
-// archiveRequest and archiveResponse mirror archive.HistoryRequest and
-// archive.HistoryResponse; the edge does not import the archive package,
-// which would pull the store drivers into it.
-type archiveRequest struct {
-	Room   string  `json:"room"`
-	Before uint64  `json:"before,omitempty"`
-	After  *uint64 `json:"after,omitempty"`
-	Limit  int     `json:"limit,omitempty"`
-}
-
-type archiveResponse struct {
-	Msgs            []json.RawMessage `json:"msgs"`
-	More            bool              `json:"more"`
-	ArchivedThrough *uint64           `json:"archived_through,omitempty"`
-	Error           *protocol.Error   `json:"error,omitempty"`
-}
-
 // archiveQuery asks the archive for a room's messages and returns them as
 // deliveries, oldest first, each checked to belong to the room and to lie
 // within (after, before).
-func (e *Edge) archiveQuery(ctx context.Context, req archiveRequest) ([]Delivery, *archiveResponse, error) {
+func (e *Edge) archiveQuery(ctx context.Context, req pjs.ArchiveHistoryRequest) ([]Delivery, *pjs.ArchiveHistoryResponse, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, nil, err
@@ -50,7 +34,7 @@ func (e *Edge) archiveQuery(ctx context.Context, req archiveRequest) ([]Delivery
 	if err != nil {
 		return nil, nil, err
 	}
-	var resp archiveResponse
+	var resp pjs.ArchiveHistoryResponse
 	if err := json.Unmarshal(m.Data, &resp); err != nil {
 		return nil, nil, fmt.Errorf("archive response: %w", err)
 	}
@@ -96,7 +80,7 @@ func (c *Conn) historyFromArchive(ctx context.Context, room string, before uint6
 	if len(ds) > 0 {
 		before = ds[0].Seq
 	}
-	older, _, err := c.e.archiveQuery(ctx, archiveRequest{Room: room, Before: before, Limit: limit - len(ds)})
+	older, _, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: limit - len(ds)})
 	if err != nil {
 		c.e.archiveFailed("history", room, err)
 		return ds
@@ -126,7 +110,7 @@ func (c *Conn) recoverFromArchive(ctx context.Context, room string, since uint64
 	}
 	after := since
 	want := max - len(replay)
-	older, resp, err := c.e.archiveQuery(ctx, archiveRequest{Room: room, Before: before, After: &after, Limit: want})
+	older, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, After: &after, Limit: want})
 	if err != nil {
 		c.e.archiveFailed("sub", room, err)
 		return nil, false, false
@@ -138,7 +122,7 @@ func (c *Conn) recoverFromArchive(ctx context.Context, room string, since uint64
 		return append(older, replay...), true, true
 	}
 	// More than max were missed: the newest of the archive's part instead.
-	older, _, err = c.e.archiveQuery(ctx, archiveRequest{Room: room, Before: before, Limit: want})
+	older, _, err = c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: want})
 	if err != nil {
 		c.e.archiveFailed("sub", room, err)
 		return nil, false, false
