@@ -31,9 +31,6 @@ func main() {
 	}, archive.ErrBadConfig)
 }
 
-// errUsage marks a command line that cannot work (exit status 2).
-var errUsage = config.ErrUsage
-
 type options struct {
 	archive   archive.Config
 	store     archive.StoreConfig
@@ -65,27 +62,27 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+		return nil, fmt.Errorf("%w: unexpected argument %q", config.ErrUsage, fs.Arg(0))
 	}
 	if o.nats.URLs == "" {
-		return nil, fmt.Errorf("%w: --nats is required (the dev mesh, `go run ./cmd/edge`, runs an archiver itself)", errUsage)
+		return nil, fmt.Errorf("%w: --nats is required (the dev mesh, `go run ./cmd/edge`, runs an archiver itself)", config.ErrUsage)
 	}
 	if c.Batch < 1 || c.Batch > 10_000 {
-		return nil, fmt.Errorf("%w: --batch must be 1 to 10000, not %d", errUsage, c.Batch)
+		return nil, fmt.Errorf("%w: --batch must be 1 to 10000, not %d", config.ErrUsage, c.Batch)
 	}
 	if c.Batch > c.Consumer.MaxAckPending {
-		return nil, fmt.Errorf("%w: --batch %d exceeds --max-ack-pending %d", errUsage, c.Batch, c.Consumer.MaxAckPending)
+		return nil, fmt.Errorf("%w: --batch %d exceeds --max-ack-pending %d", config.ErrUsage, c.Batch, c.Consumer.MaxAckPending)
 	}
 	if c.HistorySubject != "-" && !validSubject(c.HistorySubject) {
-		return nil, fmt.Errorf("%w: --history-subject %q is not a plain NATS subject", errUsage, c.HistorySubject)
+		return nil, fmt.Errorf("%w: --history-subject %q is not a plain NATS subject", config.ErrUsage, c.HistorySubject)
 	}
 	switch o.store.Kind {
 	case "sqlite", "postgres":
 	default:
-		return nil, fmt.Errorf("%w: --store must be sqlite or postgres, not %q", errUsage, o.store.Kind)
+		return nil, fmt.Errorf("%w: --store must be sqlite or postgres, not %q", config.ErrUsage, o.store.Kind)
 	}
 	if o.store.Kind == "postgres" && o.store.PostgresDSN == "" {
-		return nil, fmt.Errorf("%w: --store postgres needs --postgres-dsn", errUsage)
+		return nil, fmt.Errorf("%w: --store postgres needs --postgres-dsn", config.ErrUsage)
 	}
 	return o, nil
 }
@@ -185,7 +182,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, listeni
 func newLogger(level, format string) (*slog.Logger, error) {
 	log, err := config.NewLogger(level, format)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errUsage, err)
+		return nil, fmt.Errorf("%w: %w", config.ErrUsage, err)
 	}
 	return log, nil
 }

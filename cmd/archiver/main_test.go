@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/parley-mesh/parley/internal/archive"
+	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/natstest"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
@@ -39,7 +40,7 @@ func TestParse(t *testing.T) {
 		{"--nats", "x", "--history-subject", "a..b"},
 		{"--nats", "x", "extra"},
 	} {
-		if _, err := parse(bad, env(nil)); !errors.Is(err, errUsage) {
+		if _, err := parse(bad, env(nil)); !errors.Is(err, config.ErrUsage) {
 			t.Fatalf("%q: got %v, want a usage error", bad, err)
 		}
 	}

@@ -186,7 +186,6 @@ func (c *Conn) park() bool {
 func (c *Conn) teardown() {
 	c.close(websocket.CloseNormalClosure, "")
 	<-c.done
-	c.closeSocket()
 	c.stopPing()
 	if c.tokenTimer != nil {
 		c.tokenTimer.Stop()
@@ -204,6 +203,9 @@ func (c *Conn) teardown() {
 		c.e.hub.Leave(r, c)
 	}
 	c.rooms = nil
+	// Last, so the linger delays neither leaves nor presence; before
+	// connGone, so a drain ends with every socket closed.
+	c.closeSocket()
 	c.log.Debug("disconnected", "code", c.closeCode)
 	c.e.connGone(c)
 }
@@ -581,9 +583,6 @@ const (
 func (c *Conn) closeSocket() {
 	nc := c.ws.NetConn()
 	_ = nc.SetReadDeadline(time.Now().Add(closeLinger))
-	if c.fr != nil && c.fr.br != nil { // what the reader had buffered is read already
-		c.fr.release()
-	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(nc, lingerBytes))
 	_ = nc.Close()
 }

@@ -69,8 +69,9 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 		// A replay larger than the connection's queue could hold would
 		// close it as a slow consumer, and the client's resume would do
 		// the same again: keep the newest that fit in half the queue.
-		if budget := c.e.cfg.MaxQueuedBytes / 2; framesBytes(replay) > budget {
-			replay = newestWithin(replay, budget)
+		budget := c.e.cfg.MaxQueuedBytes / 2
+		if fit := newestWithin(replay, budget); len(fit) < len(replay) {
+			replay = fit
 			*reply.Recovered = false
 			reply.Reason = fmt.Sprintf("the messages asked for exceed %d bytes; the newest %d follow, read older ones with history", budget, len(replay))
 		}
@@ -180,15 +181,6 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
 	}
 	return replay, nil
-}
-
-// framesBytes is the size of ds's frames.
-func framesBytes(ds []Delivery) int {
-	n := 0
-	for _, d := range ds {
-		n += len(d.Frame)
-	}
-	return n
 }
 
 // newestWithin is the longest tail of ds whose frames fit in budget bytes.
