@@ -5,7 +5,7 @@
 #   /data writable by that user (archiver SQLite, dev-mode NATS data).
 #
 #   docker build -t parley:dev .
-#   docker run --rm -p 8080:8080 parley:dev --listen :8080          # dev mesh
+#   docker run --rm -p 8080:8080 parley:dev --listen :8080 --insecure-listen-any  # dev mesh
 #   docker run --rm parley:dev --help
 #   docker run --rm --entrypoint /usr/local/bin/presence parley:dev --nats nats://…
 

@@ -43,13 +43,33 @@ type ArchiveHistoryResponse struct {
 	// More: further messages match beyond Limit (older ones when paging
 	// backwards, newer ones with After).
 	More bool `json:"more"`
-	// ArchivedThrough, given with After: every stream message with a seq up
-	// to it has been through the archiver (stored, or recorded as poison).
-	// Messages the stream dropped before any archiver saw them cannot be
-	// known here; see docs/archiver.md.
-	ArchivedThrough *uint64 `json:"archived_through,omitempty"`
+	// Covered is how far the archive vouches for the reply's stretch of
+	// the stream; see ArchiveCoverage. Archivers before it existed sent
+	// none (nor anything an edge may trust instead).
+	Covered *ArchiveCoverage `json:"covered,omitempty"`
 	// Error is set instead of the above on failure.
 	Error *protocol.Error `json:"error,omitempty"`
+}
+
+// ArchiveCoverage is what the archive can prove about a stretch of the
+// stream: it holds every stream sequence s with After < s <= Through, each
+// as a committed message or a poison entry. Stream sequences are unique
+// across the stream (rooms, direct messages and broadcasts alike) and every
+// one of them is a stored message, so holding all of them means no message
+// of any room in the stretch is missing from the archive; a sequence it
+// never committed (still in flight, or gone from the stream before any
+// archiver read it) ends the stretch. The count is the archive's own rows,
+// never the consumer's ack floor: JetStream moves the ack floor past
+// messages that left the stream before they were acked, or even delivered.
+//
+// After is where the reply's stretch begins: the request's after when it
+// has one; when paging backwards with more, the oldest seq returned (older
+// ones are another page); otherwise 0, the stream's beginning, since the
+// reply then claims to reach back to the room's first message. Through is
+// at most before-1 (before given) and at least After.
+type ArchiveCoverage struct {
+	After   uint64 `json:"after"`
+	Through uint64 `json:"through"`
 }
 
 // ArchiveOptions are the knobs of the archive consumer.

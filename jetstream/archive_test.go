@@ -74,3 +74,39 @@ func TestProvisionArchiveRefusesIncompatibleConsumer(t *testing.T) {
 		t.Fatalf("want ErrIncompatible, got %v", err)
 	}
 }
+
+// The chat stream refuses single-message deletes, including a stream made
+// before Parley declared it: edges and the archive rely on a room's
+// messages leaving the stream oldest first only (limits, purges), which a
+// delete from the middle of a room would break without anyone noticing.
+func TestChatStreamDeniesDeletes(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	js := natstest.JetStream(t, srv.URL())
+	ctx := t.Context()
+	old := pjs.ChatStreamConfig(pjs.DefaultStreamOptions())
+	old.DenyDelete = false // as provisioned by earlier versions
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.Publish(ctx, pjs.RoomSubject("lobby"), []byte(`{"data":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := pjs.Provision(ctx, js, pjs.DefaultStreamOptions())
+	if err != nil {
+		t.Fatalf("provision over a stream without deny_delete: %v", err)
+	}
+	if !s.CachedInfo().Config.DenyDelete {
+		t.Fatal("provision did not set deny_delete")
+	}
+	if err := s.DeleteMsg(ctx, ack.Sequence); err == nil {
+		t.Fatal("a message was deleted from the chat stream")
+	}
+	if _, err := s.GetMsg(ctx, ack.Sequence); err != nil {
+		t.Fatalf("the message is gone: %v", err)
+	}
+	// Purges, which remove a subject's oldest first, still work.
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(pjs.RoomSubject("lobby"))); err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+}

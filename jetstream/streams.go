@@ -120,6 +120,18 @@ func ChatStreamConfig(o StreamOptions) jetstream.StreamConfig {
 		// Direct Get lets edges read history and repair gaps from any
 		// replica without creating a consumer.
 		AllowDirect: true,
+		// No single-message deletes ($JS.API.STREAM.MSG.DELETE): with
+		// them the stream could remove one of a room's messages from the
+		// middle, and an edge could no longer tell that a resume or a
+		// history read missed nothing by looking at the room's oldest
+		// stored message (it relies on limits and purges removing a
+		// subject's messages oldest first); the archive, which has the
+		// message anyway, would serve it again. Purges (of a room, with
+		// keep or seq) stay allowed. An update can set this on an existing
+		// stream, but nothing can clear it afterwards, so an older edge
+		// (which declares it false) cannot provision this stream again.
+		// Per-message TTLs (AllowMsgTTL) stay off for the same reason.
+		DenyDelete: true,
 		RePublish: &jetstream.RePublish{
 			Source:      ChatSubjects,
 			Destination: LivePrefix + ChatSubjects,

@@ -11,13 +11,13 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parley-mesh/parley/internal/archive"
@@ -40,51 +40,104 @@ type options struct {
 	logFormat string
 }
 
+const synopsis = `Usage:
+  archiver --nats URL [flags]            archive every chat message (SQLite or PostgreSQL) and
+                                         serve history for what the stream no longer keeps
+  archiver provision --nats URL [flags]  create or update the archive consumer and exit
+
+--nats is required: the dev mesh (go run ./cmd/edge) runs an archiver itself.
+HTTP /metrics, /healthz and /readyz are served on --listen (default 127.0.0.1:8082).
+Exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or store configuration, 1 otherwise.`
+
 func parse(args []string, getenv func(string) string) (*options, error) {
 	o := &options{archive: archive.DefaultConfig()}
-	fs := flag.NewFlagSet("archiver", flag.ContinueOnError)
+	fs := config.NewFlags("archiver", synopsis)
 	c := &o.archive
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8082", "HTTP address for /metrics, /healthz, /readyz")
-	o.nats.Register(fs)
+	o.nats.Register(fs.FlagSet)
 	fs.StringVar(&o.store.Kind, "store", "sqlite", "sqlite or postgres")
-	fs.StringVar(&o.store.SQLitePath, "sqlite-path", "./data/archive.db", "SQLite database file (--store sqlite)")
+	fs.StringVar(&o.store.SQLitePath, "sqlite-path", "./data/archive.db", "SQLite database file (--store sqlite), relative to the working directory; created with its directory")
 	fs.StringVar(&o.store.PostgresDSN, "postgres-dsn", "", "PostgreSQL URL or key=value DSN (--store postgres), e.g. postgres://parley@db:5432/parley")
-	fs.IntVar(&c.Batch, "batch", c.Batch, "most messages fetched and written in one transaction")
+	fs.IntVar(&c.Batch, "batch", c.Batch, "most messages fetched and written in one transaction (1 to 10000, at most --max-ack-pending)")
 	fs.DurationVar(&c.FetchWait, "fetch-wait", c.FetchWait, "how long an idle fetch waits for a message")
 	fs.DurationVar(&c.Consumer.AckWait, "ack-wait", c.Consumer.AckWait, "unacked messages go to another replica after this long")
 	fs.IntVar(&c.Consumer.MaxAckPending, "max-ack-pending", c.Consumer.MaxAckPending, "messages in flight across all replicas (>= batch x replicas)")
-	fs.DurationVar(&c.RetryMax, "retry-max", c.RetryMax, "longest backoff while the store or NATS fails")
+	fs.DurationVar(&c.RetryMax, "retry-max", c.RetryMax, "longest backoff while the store or NATS fails (at least 100ms, the first one)")
 	fs.StringVar(&c.HistorySubject, "history-subject", c.HistorySubject, `NATS subject of the history service ("-": serve none)`)
 	fs.IntVar(&c.HistoryMax, "history-max", c.HistoryMax, "most messages in one history reply")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or text")
-	if err := config.Parse(fs, args, getenv); err != nil {
+	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("%w: unexpected argument %q", config.ErrUsage, fs.Arg(0))
-	}
 	if o.nats.URLs == "" {
-		return nil, fmt.Errorf("%w: --nats is required (the dev mesh, `go run ./cmd/edge`, runs an archiver itself)", config.ErrUsage)
+		return nil, config.Usagef("--nats is required (the dev mesh, `go run ./cmd/edge`, runs an archiver itself)")
 	}
-	if c.Batch < 1 || c.Batch > 10_000 {
-		return nil, fmt.Errorf("%w: --batch must be 1 to 10000, not %d", config.ErrUsage, c.Batch)
-	}
-	if c.Batch > c.Consumer.MaxAckPending {
-		return nil, fmt.Errorf("%w: --batch %d exceeds --max-ack-pending %d", config.ErrUsage, c.Batch, c.Consumer.MaxAckPending)
-	}
-	if c.HistorySubject != "-" && !validSubject(c.HistorySubject) {
-		return nil, fmt.Errorf("%w: --history-subject %q is not a plain NATS subject", config.ErrUsage, c.HistorySubject)
-	}
+	return o, config.First(
+		config.HostPort("listen", o.listen),
+		o.nats.Check(),
+		o.checkStore(),
+		config.InRange("batch", c.Batch, 1, 10_000),
+		config.Positive("fetch-wait", c.FetchWait),
+		config.Positive("ack-wait", c.Consumer.AckWait),
+		config.Positive("max-ack-pending", c.Consumer.MaxAckPending),
+		o.checkPairs(),
+		checkHistorySubject(c.HistorySubject),
+		config.Positive("history-max", c.HistoryMax),
+		checkLog(o.logLevel, o.logFormat),
+	)
+}
+
+// checkStore checks --store and the flags of the store it names, as
+// archive.Open will read them, naming the flag.
+func (o *options) checkStore() error {
 	switch o.store.Kind {
-	case "sqlite", "postgres":
+	case "sqlite":
+		switch {
+		case o.store.SQLitePath == "":
+			return config.Usagef("--sqlite-path must name a file (--store sqlite)")
+		case strings.ContainsAny(o.store.SQLitePath, "?#"):
+			return config.Usagef("--sqlite-path %q must not contain '?' or '#'", o.store.SQLitePath)
+		}
+	case "postgres":
+		if o.store.PostgresDSN == "" {
+			return config.Usagef("--store postgres needs --postgres-dsn")
+		}
+		// Parsing reads nothing from the network; the error text hides
+		// the password.
+		if _, err := pgxpool.ParseConfig(o.store.PostgresDSN); err != nil {
+			return config.Usagef("--postgres-dsn: %w", err)
+		}
 	default:
-		return nil, fmt.Errorf("%w: --store must be sqlite or postgres, not %q", config.ErrUsage, o.store.Kind)
+		return config.Usagef("--store must be sqlite or postgres, not %q", o.store.Kind)
 	}
-	if o.store.Kind == "postgres" && o.store.PostgresDSN == "" {
-		return nil, fmt.Errorf("%w: --store postgres needs --postgres-dsn", config.ErrUsage)
+	return nil
+}
+
+// checkPairs checks the flags that bound each other; archive.New would
+// otherwise refuse the first or raise the second without a word.
+func (o *options) checkPairs() error {
+	c := &o.archive
+	switch {
+	case c.Batch > c.Consumer.MaxAckPending:
+		return config.Usagef("--batch %d exceeds --max-ack-pending %d", c.Batch, c.Consumer.MaxAckPending)
+	case c.RetryMax < c.RetryMin:
+		return config.Usagef("--retry-max must be at least %v (the first retry's wait), not %v", c.RetryMin, c.RetryMax)
 	}
-	return o, nil
+	return nil
+}
+
+func checkHistorySubject(s string) error {
+	if s != "-" && !validSubject(s) {
+		return config.Usagef("--history-subject %q is not a plain NATS subject (or - for none)", s)
+	}
+	return nil
+}
+
+// checkLog checks --log-level and --log-format with the logger's own rules.
+func checkLog(level, format string) error {
+	_, err := config.NewLogger(level, format)
+	return err
 }
 
 // validSubject accepts dot-separated tokens of printable ASCII, no wildcards.
@@ -112,7 +165,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, listeni
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(o.logLevel, o.logFormat)
+	log, err := config.NewLogger(o.logLevel, o.logFormat)
 	if err != nil {
 		return err
 	}
@@ -177,12 +230,4 @@ func run(ctx context.Context, args []string, getenv func(string) string, listeni
 		log.Warn("drain nats", "err", derr)
 	}
 	return err
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	log, err := config.NewLogger(level, format)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", config.ErrUsage, err)
-	}
-	return log, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,9 +14,15 @@ import (
 
 	"github.com/parley-mesh/parley/internal/archive"
 	"github.com/parley-mesh/parley/internal/config"
+	"github.com/parley-mesh/parley/internal/config/configtest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
+
+func TestMain(m *testing.M) {
+	configtest.MaybeMain(main)
+	os.Exit(m.Run())
+}
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
@@ -43,6 +50,50 @@ func TestParse(t *testing.T) {
 		if _, err := parse(bad, env(nil)); !errors.Is(err, config.ErrUsage) {
 			t.Fatalf("%q: got %v, want a usage error", bad, err)
 		}
+	}
+}
+
+// Every class of invalid flag value makes the real binary exit 2 with one
+// line naming the flag (a valid command line would try to reach NATS on
+// port 1 and exit 1, which fails the case too).
+func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
+	nats := func(args ...string) []string { return append([]string{"--nats", "nats://127.0.0.1:1"}, args...) }
+	configtest.CheckUsageErrors(t, "archiver", []configtest.Case{
+		{Name: "required", Args: nil, Want: []string{"--nats"}},
+		{Name: "required", Args: []string{"provision"}, Want: []string{"--nats"}},
+		{Name: "negative", Args: nats("--batch", "-5"), Want: []string{"--batch"}},
+		{Name: "negative", Args: nats("--ack-wait", "-1s"), Want: []string{"--ack-wait"}},
+		{Name: "zero", Args: nats("--max-ack-pending", "0"), Want: []string{"--max-ack-pending"}},
+		{Name: "zero", Args: nats("--history-max", "0"), Want: []string{"--history-max"}},
+		{Name: "zero", Args: nats("--fetch-wait", "0s"), Want: []string{"--fetch-wait"}},
+		{Name: "unitless-duration", Args: nats("--fetch-wait", "2"), Want: []string{"--fetch-wait", "unit"}},
+		{Name: "unitless-duration", Args: nats(), Env: map[string]string{"PARLEY_ACK_WAIT": "30"}, Want: []string{"PARLEY_ACK_WAIT", "--ack-wait"}},
+		{Name: "not-a-number", Args: nats("--batch", "1e3"), Want: []string{"--batch"}},
+		{Name: "unknown-flag", Args: nats("--sqlite", "x.db"), Want: []string{"--sqlite"}},
+		{Name: "stray-argument", Args: nats("extra"), Want: []string{`"extra"`}},
+		{Name: "address", Args: nats("--listen", ""), Want: []string{"--listen"}},
+		{Name: "enum", Args: nats("--store", "mysql"), Want: []string{"--store"}},
+		{Name: "enum", Args: nats("--log-format", "xml"), Want: []string{"--log-format"}},
+		{Name: "store", Args: nats("--sqlite-path", ""), Want: []string{"--sqlite-path"}},
+		{Name: "store", Args: nats("--store", "postgres"), Want: []string{"--postgres-dsn"}},
+		{Name: "store", Args: nats("--store", "postgres", "--postgres-dsn", "postgres://db:99999999/x"), Want: []string{"--postgres-dsn"}},
+		{Name: "subject", Args: nats("--history-subject", "a.>"), Want: []string{"--history-subject"}},
+		{Name: "conflict", Args: nats("--batch", "600", "--max-ack-pending", "500"), Want: []string{"--batch", "--max-ack-pending"}},
+		{Name: "conflict", Args: nats("--retry-max", "10ms"), Want: []string{"--retry-max"}},
+		{Name: "conflict", Args: nats("--nats-tls-key", "/dev/null"), Want: []string{"--nats-tls-cert", "--nats-tls-key"}},
+	})
+}
+
+// --help exits 0 and says what the binary really does with an empty --nats.
+func TestHelp(t *testing.T) {
+	r := configtest.Run(t, []string{"--help"}, nil)
+	for _, w := range []string{"--nats is required", "archiver provision", "PARLEY_LOG_LEVEL", "127.0.0.1:8082", "relative to the working directory"} {
+		if r.Code != 0 || !strings.Contains(r.Stdout, w) {
+			t.Errorf("archiver --help: exit %d, lacks %q:\n%s", r.Code, w, r.Stdout)
+		}
+	}
+	if strings.Contains(r.Stdout, "embedded") {
+		t.Errorf("archiver --help promises an embedded server:\n%s", r.Stdout)
 	}
 }
 

@@ -6,12 +6,10 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/presence"
+	"github.com/parley-mesh/parley/internal/protocol"
 )
 
 func main() { config.Main("presence", run) }
@@ -23,33 +21,72 @@ type options struct {
 	logFormat string
 }
 
+const synopsis = `Usage:
+  presence --nats URL [flags]   fold the edges' presence events into the KV bucket PARLEY_PRESENCE,
+                                announce joins and leaves, answer presence queries
+
+--nats is required: the dev mesh (go run ./cmd/edge) runs a presence worker itself.
+HTTP /metrics, /healthz and /readyz are served on --listen (default 127.0.0.1:8081).
+Exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line, 1 otherwise.`
+
 func parse(args []string, getenv func(string) string) (*options, error) {
 	o := &options{presence: presence.DefaultConfig()}
 	c := &o.presence
-	fs := flag.NewFlagSet("presence", flag.ContinueOnError)
+	fs := config.NewFlags("presence", synopsis)
 	fs.StringVar(&c.Listen, "listen", c.Listen, "HTTP address for /metrics, /healthz, /readyz")
-	o.nats.Register(fs)
-	fs.StringVar(&c.ID, "id", "", "replica id shown in the writer lease (default: presence-<random>)")
-	fs.IntVar(&c.Bucket.Replicas, "kv-replicas", c.Bucket.Replicas, "presence KV bucket replicas (3 in production clusters)")
+	o.nats.Register(fs.FlagSet)
+	fs.StringVar(&c.ID, "id", "", "replica id shown in the writer lease, [A-Za-z0-9_-] (default: presence-<random>)")
+	fs.IntVar(&c.Bucket.Replicas, "kv-replicas", c.Bucket.Replicas, "presence KV bucket replicas, 1 to 5 (3 in production clusters)")
 	fs.DurationVar(&c.EdgeTimeout, "edge-timeout", c.EdgeTimeout, "remove the users of an edge silent for this long")
 	fs.DurationVar(&c.LeaseInterval, "lease-interval", c.LeaseInterval, "writer lease renewal period")
-	fs.DurationVar(&c.LeaseTTL, "lease-ttl", c.LeaseTTL, "take the writer lease over when it went unrenewed this long")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", c.LeaseTTL, "take the writer lease over when it went unrenewed this long (at least twice --lease-interval)")
 	fs.DurationVar(&c.SyncBackoff, "sync-backoff", c.SyncBackoff, "least time between two snapshot requests to one edge")
 	fs.IntVar(&c.MaxInflight, "max-inflight", c.MaxInflight, "KV writes awaiting their ack")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "wait this long for a KV write's ack")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "edge messages buffered before dropping (repaired by snapshot)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or text")
-	if err := config.Parse(fs, args, getenv); err != nil {
+	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
 	if o.nats.URLs == "" {
-		return nil, errors.New("--nats is required (the dev mesh runs presence inside `go run ./cmd/edge`)")
+		return nil, config.Usagef("--nats is required (the dev mesh runs presence inside `go run ./cmd/edge`)")
+	}
+	if err := config.First(
+		config.HostPort("listen", c.Listen),
+		o.nats.Check(),
+		checkID(c.ID),
+		config.InRange("kv-replicas", c.Bucket.Replicas, 1, 5), // JetStream's bound
+		config.Positive("edge-timeout", c.EdgeTimeout),
+		config.Positive("lease-interval", c.LeaseInterval),
+		config.Positive("lease-ttl", c.LeaseTTL),
+		config.Positive("sync-backoff", c.SyncBackoff),
+		config.Positive("max-inflight", c.MaxInflight),
+		config.Positive("write-timeout", c.WriteTimeout),
+		config.Positive("max-pending", c.MaxPending),
+		checkLog(o.logLevel, o.logFormat),
+	); err != nil {
+		return nil, err
+	}
+	if c.LeaseTTL < 2*c.LeaseInterval {
+		// The worker would raise it silently: a lease that may lapse
+		// between two renewals changes hands while its holder is alive.
+		return nil, config.Usagef("--lease-ttl %v must be at least twice --lease-interval %v", c.LeaseTTL, c.LeaseInterval)
 	}
 	return o, nil
+}
+
+func checkID(id string) error {
+	if id != "" && !protocol.ValidName(id) {
+		return config.Usagef("--id %q: use 1-%d characters of [A-Za-z0-9_-]", id, protocol.MaxNameLen)
+	}
+	return nil
+}
+
+// checkLog checks --log-level and --log-format with the logger's own rules.
+func checkLog(level, format string) error {
+	_, err := config.NewLogger(level, format)
+	return err
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string) error {

@@ -651,7 +651,7 @@ func TestProductionValues(t *testing.T) {
 // secret (chart-created Secret), NATS user/password, token, nkey, mutual TLS.
 func authVariantValues() map[string]any {
 	return map[string]any{
-		"jwt": map[string]any{"secret": "s3cret", "issuer": "https://id.example.com", "audience": "parley"},
+		"jwt": map[string]any{"secret": "s3cret-s3cret-s3cret-s3cret-s3cret", "issuer": "https://id.example.com", "audience": "parley"},
 		"nats": map[string]any{
 			"user":     "edge",
 			"password": map[string]any{"existingSecret": "nats-user", "key": "password"},
@@ -662,6 +662,7 @@ func authVariantValues() map[string]any {
 		},
 		"edge": map[string]any{
 			"allowedOrigins":      []any{"https://a.example.com", "https://b.example.com"},
+			"allowedHosts":        []any{"chat.internal"},
 			"reusePort":           true,
 			"autoscaling":         map[string]any{"enabled": false},
 			"preStopSleepSeconds": 0,
@@ -676,7 +677,7 @@ func TestAuthVariants(t *testing.T) {
 	edge := checkEdge(t, m)
 	c := container(t, edge)
 	sec := get[*corev1.Secret](t, m, "Secret", release+"-parley-jwt")
-	if s, k := secretFile(t, edge, env(c)["PARLEY_JWT_SECRET_FILE"].Value); s != sec.Name || string(sec.Data[k]) != "s3cret" {
+	if s, k := secretFile(t, edge, env(c)["PARLEY_JWT_SECRET_FILE"].Value); s != sec.Name || string(sec.Data[k]) != "s3cret-s3cret-s3cret-s3cret-s3cret" {
 		t.Errorf("JWT secret file from %s/%s (%q)", s, k, sec.Data[k])
 	}
 	if edge.Spec.Template.Annotations["checksum/jwt"] == "" {
@@ -762,7 +763,8 @@ func TestTemplateRefusesUnsafeValues(t *testing.T) {
 		{"sqlite without a PVC", "archiver: {persistence: {enabled: false}}", "needs archiver.persistence.enabled"},
 		{"postgres without a DSN", "archiver: {store: {driver: postgres}}", "existingSecret"},
 		{"jwt secret without key", "jwt: {existingSecret: jwt}", "jwt.secretKey"},
-		{"jwt inline and existing", "jwt: {existingSecret: jwt, secretKey: k, secret: s}", "not both"},
+		{"jwt secret too short", "jwt: {secret: short}", "minLength"},
+		{"jwt inline and existing", "jwt: {existingSecret: jwt, secretKey: k, secret: s3cret-s3cret-s3cret-s3cret-s3cret}", "not both"},
 		{"nats user without password", "nats: {user: edge}", "password"},
 		{"half mutual TLS", "nats: {tls: {existingSecret: t, certKey: tls.crt}}", "both"},
 		{"pdb with both budgets", "edge: {pdb: {minAvailable: 1, maxUnavailable: 1}}", "not both"},

@@ -101,9 +101,8 @@ type Archiver struct {
 	registry *prometheus.Registry
 	metrics  *Metrics
 
-	consumer atomic.Pointer[jetstream.Consumer]
-	ready    atomic.Bool
-	storeOK  atomic.Bool
+	ready   atomic.Bool
+	storeOK atomic.Bool
 
 	// afterCommit, when set (tests), runs between commit and ack; an error
 	// ends Run there, as a crash would.
@@ -155,7 +154,6 @@ func (a *Archiver) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	a.consumer.Store(&cons)
 	if err := a.store.Ping(ctx); err == nil {
 		a.setStoreUp(true)
 	}

@@ -44,7 +44,7 @@ func TestArchiveEveryMessageOnce(t *testing.T) {
 				lobby = append(lobby, s)
 			}
 		}
-		recs, err := store.History(t.Context(), HistoryQuery{Kind: KindRoom, Name: "lobby", Limit: 1000})
+		recs, _, err := store.History(t.Context(), HistoryQuery{Kind: KindRoom, Name: "lobby", Limit: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +58,7 @@ func TestArchiveEveryMessageOnce(t *testing.T) {
 				t.Fatalf("record %d: %+v data %s", i, r, r.Data)
 			}
 		}
-		dms, err := store.History(t.Context(), HistoryQuery{Kind: KindDM, Name: "bob", Limit: 1000})
+		dms, _, err := store.History(t.Context(), HistoryQuery{Kind: KindDM, Name: "bob", Limit: 1000})
 		if err != nil || len(dms) != len(lobby) {
 			t.Fatalf("bob's DMs: %d records, err %v", len(dms), err)
 		}
@@ -245,29 +245,34 @@ func TestHistoryService(t *testing.T) {
 			}
 			return out
 		}
+		last := seqs[len(seqs)-1]
+		// covered: the reply's stretch and how far the archive holds all of
+		// it (here everything: every sequence 1..60 is archived).
 		for _, tc := range []struct {
-			req  string
-			want []uint64
-			more bool
+			req     string
+			want    []uint64
+			more    bool
+			covered pjs.ArchiveCoverage
 		}{
-			{`{"room":"lobby","limit":5}`, lobby[25:], true},
-			{fmt.Sprintf(`{"room":"lobby","before":%d,"limit":5}`, lobby[10]), lobby[5:10], true},
-			{fmt.Sprintf(`{"room":"lobby","before":%d,"limit":5}`, lobby[3]), lobby[:3], false},
-			{`{"room":"lobby","limit":500}`, lobby[10:], true}, // cut to HistoryMax
-			{fmt.Sprintf(`{"room":"lobby","after":%d,"before":%d,"limit":4}`, lobby[2], lobby[10]), lobby[3:7], true},
-			{fmt.Sprintf(`{"room":"lobby","after":%d,"before":%d}`, lobby[2], lobby[10]), lobby[3:10], false},
-			{`{"room":"nobody"}`, []uint64{}, false},
-			{fmt.Sprintf(`{"room":"lobby","before_ts":%d}`, time.Now().Add(-time.Hour).UnixMilli()), []uint64{}, false},
+			{`{"room":"lobby","limit":5}`, lobby[25:], true, pjs.ArchiveCoverage{After: lobby[25], Through: last}},
+			{fmt.Sprintf(`{"room":"lobby","before":%d,"limit":5}`, lobby[10]), lobby[5:10], true, pjs.ArchiveCoverage{After: lobby[5], Through: lobby[10] - 1}},
+			{fmt.Sprintf(`{"room":"lobby","before":%d,"limit":5}`, lobby[3]), lobby[:3], false, pjs.ArchiveCoverage{After: 0, Through: lobby[3] - 1}},
+			{`{"room":"lobby","limit":500}`, lobby[10:], true, pjs.ArchiveCoverage{After: lobby[10], Through: last}}, // cut to HistoryMax
+			{fmt.Sprintf(`{"room":"lobby","after":%d,"before":%d,"limit":4}`, lobby[2], lobby[10]), lobby[3:7], true, pjs.ArchiveCoverage{After: lobby[2], Through: lobby[6]}},
+			{fmt.Sprintf(`{"room":"lobby","after":%d,"before":%d}`, lobby[2], lobby[10]), lobby[3:10], false, pjs.ArchiveCoverage{After: lobby[2], Through: lobby[10] - 1}},
+			{fmt.Sprintf(`{"room":"lobby","after":%d}`, lobby[27]), lobby[28:], false, pjs.ArchiveCoverage{After: lobby[27], Through: last}},
+			{`{"room":"nobody"}`, []uint64{}, false, pjs.ArchiveCoverage{After: 0, Through: last}},
+			{fmt.Sprintf(`{"room":"lobby","before_ts":%d}`, time.Now().Add(-time.Hour).UnixMilli()), []uint64{}, false, pjs.ArchiveCoverage{After: 0, Through: last}},
+			{`{"room":"lobby","after":0,"before":1}`, []uint64{}, false, pjs.ArchiveCoverage{After: 0, Through: 0}},
 		} {
 			resp, _ := ask(tc.req)
 			got := seqsOf(resp)
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) || resp.More != tc.more || resp.Error != nil {
 				t.Fatalf("%s: got %v more %v err %v, want %v more %v", tc.req, got, resp.More, resp.Error, tc.want, tc.more)
 			}
-		}
-		resp, _ := ask(fmt.Sprintf(`{"room":"lobby","after":0,"before":%d}`, lobby[1]))
-		if resp.ArchivedThrough == nil || *resp.ArchivedThrough != seqs[len(seqs)-1] {
-			t.Fatalf("archived_through %v, want %d", resp.ArchivedThrough, seqs[len(seqs)-1])
+			if resp.Covered == nil || *resp.Covered != tc.covered {
+				t.Fatalf("%s: covered %+v, want %+v", tc.req, resp.Covered, tc.covered)
+			}
 		}
 		for _, bad := range []string{`{"room":"a.b"}`, `{"room":""}`, `{"room":"lobby","limit":-1}`, `not json`} {
 			resp, msg := ask(bad)
@@ -303,6 +308,30 @@ func TestRefusedRecordBecomesPoison(t *testing.T) {
 		}
 		if p := metricValue(a.metrics.Poison); p != 1 {
 			t.Fatalf("poison metric %v", p)
+		}
+	})
+}
+
+// A backend message whose data is not UTF-8 is archived as the edge pushed
+// it (invalid bytes replaced), not refused by PostgreSQL and made poison.
+func TestInvalidUTF8IsArchivedAsPushed(t *testing.T) {
+	forEachStore(t, func(t *testing.T, k storeKind) {
+		store, _ := k.open(t)
+		m := newMesh(t, pjs.DefaultStreamOptions())
+		if _, err := m.js.Publish(t.Context(), "chat.room.lobby", []byte("{\"from\":\"svc\",\"data\":\"a\xffb\u2028\"}")); err != nil {
+			t.Fatal(err)
+		}
+		startArchiver(t, m.srv.URL(), store, nil, nil)
+		waitArchived(t, m, store, 1)
+		if _, poison, err := store.Count(t.Context()); err != nil || poison != 0 {
+			t.Fatalf("poison rows %d (want 0), err %v", poison, err)
+		}
+		recs, _, err := store.History(t.Context(), HistoryQuery{Kind: KindRoom, Name: "lobby", Limit: 10})
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("history %v, err %v", recs, err)
+		}
+		if got, want := string(recs[0].Data), `"a\ufffdb\u2028"`; got != want {
+			t.Fatalf("archived data %s, want %s", got, want)
 		}
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -79,10 +78,7 @@ func (p *cutProxy) setCut(cut bool) {
 // messages keep coming: nothing is acked, and when it is reachable again
 // the archiver catches up with every message once.
 func TestPostgresUnreachableLosesNothing(t *testing.T) {
-	dsn := os.Getenv(postgresEnv)
-	if dsn == "" {
-		t.Skipf("PostgreSQL absent: %s is not set, so this PostgreSQL test is NOT run", postgresEnv)
-	}
+	dsn := postgresDSN(t)
 	u, err := url.Parse(dsn)
 	if err != nil || u.Host == "" {
 		t.Skipf("%s is not a postgres:// URL with a host; this test needs one to put a proxy in between", postgresEnv)

@@ -51,7 +51,7 @@ func decode(seq uint64, stored time.Time, subject string, data []byte, hdr map[s
 		MsgID:   storable(msgID),
 		From:    storable(env.From),
 		Time:    stored.Truncate(time.Millisecond),
-		Data:    env.Data,
+		Data:    protocol.PushData(env.Data),
 		Headers: hdr,
 	}, nil
 }

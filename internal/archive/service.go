@@ -127,20 +127,14 @@ func (h *historyService) query(ctx context.Context, data []byte) (*HistoryRespon
 	if r.BeforeTS > 0 {
 		q.BeforeTime = time.UnixMilli(r.BeforeTS)
 	}
-	resp := &HistoryResponse{Msgs: []json.RawMessage{}}
-	if r.After != nil {
-		// Read the consumer's progress before the rows: whatever it says
-		// was archived is then surely among the rows read next.
-		through, err := h.a.archivedThrough(ctx)
-		if err != nil {
-			return nil, err
-		}
-		resp.ArchivedThrough = &through
+	q.Cover = func(rows []Record) (after, upTo uint64) {
+		return replySpan(&r, limit, rows)
 	}
-	recs, err := h.a.store.History(ctx, q)
+	recs, cov, err := h.a.store.History(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", protocol.ErrUnavailable, err)
 	}
+	resp := &HistoryResponse{Msgs: []json.RawMessage{}}
 	if len(recs) > limit {
 		resp.More = true
 		if r.After != nil {
@@ -152,19 +146,34 @@ func (h *historyService) query(ctx context.Context, data []byte) (*HistoryRespon
 	for i := range recs {
 		resp.Msgs = append(resp.Msgs, protocol.AppendMsg(nil, pushMsg(&recs[i])))
 	}
+	if cov != nil {
+		resp.Covered = &pjs.ArchiveCoverage{After: cov.After, Through: cov.Through}
+	}
 	return resp, nil
 }
 
-// archivedThrough is the archive consumer's ack floor: every stream message
-// up to it has been acked, and archivers ack only after commit.
-func (a *Archiver) archivedThrough(ctx context.Context) (uint64, error) {
-	c := a.consumer.Load()
-	if c == nil {
-		return 0, fmt.Errorf("%w: archive consumer not provisioned yet", protocol.ErrUnavailable)
+// replySpan is the stretch of the stream a reply speaks for, from the rows
+// read (limit+1 of them at most, oldest first): where its messages begin
+// and end, and so what the archive must hold for the reply to have skipped
+// nothing (see pjs.ArchiveCoverage). Forwards (after): from after up to the
+// newest message returned when there are more, else up to before. Backwards:
+// from the oldest message returned when there are more (older ones are
+// another page), else from the stream's beginning (the reply claims to reach
+// the room's first message), up to before.
+func replySpan(r *HistoryRequest, limit int, rows []Record) (after, upTo uint64) {
+	more := len(rows) > limit
+	upTo = noBound
+	if r.Before > 0 {
+		upTo = r.Before - 1
 	}
-	info, err := (*c).Info(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("%w: consumer %s info: %w", protocol.ErrUnavailable, pjs.ArchiveConsumer, err)
+	if r.After != nil {
+		if more {
+			upTo = rows[limit-1].Seq
+		}
+		return *r.After, upTo
 	}
-	return info.AckFloor.Stream, nil
+	if more {
+		return rows[1].Seq, upTo
+	}
+	return 0, upTo
 }

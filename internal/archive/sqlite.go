@@ -46,6 +46,34 @@ var sqliteMigrations = []string{
 		ts          INTEGER NOT NULL,
 		recorded_at INTEGER NOT NULL
 	);`,
+	// 2: per block of 4096 sequences (seqBlock), how many are archived, so
+	// that the archive can prove it holds a long stretch of the stream
+	// without reading it row by row (coverage.go). Triggers keep the counts
+	// in the writing transaction, whoever writes; the backfill counts what
+	// is there already (a seq in both tables, which writers now prevent,
+	// once).
+	`CREATE TABLE parley_seq_blocks (
+		block INTEGER PRIMARY KEY,
+		held  INTEGER NOT NULL
+	);
+	CREATE TRIGGER parley_messages_held AFTER INSERT ON parley_messages BEGIN
+		INSERT INTO parley_seq_blocks (block, held) VALUES ((NEW.seq - 1) / 4096, 1)
+			ON CONFLICT (block) DO UPDATE SET held = held + 1;
+	END;
+	CREATE TRIGGER parley_poison_held AFTER INSERT ON parley_poison BEGIN
+		INSERT INTO parley_seq_blocks (block, held) VALUES ((NEW.seq - 1) / 4096, 1)
+			ON CONFLICT (block) DO UPDATE SET held = held + 1;
+	END;
+	CREATE TRIGGER parley_messages_gone AFTER DELETE ON parley_messages BEGIN
+		UPDATE parley_seq_blocks SET held = held - 1 WHERE block = (OLD.seq - 1) / 4096;
+	END;
+	CREATE TRIGGER parley_poison_gone AFTER DELETE ON parley_poison BEGIN
+		UPDATE parley_seq_blocks SET held = held - 1 WHERE block = (OLD.seq - 1) / 4096;
+	END;
+	INSERT INTO parley_seq_blocks (block, held)
+		SELECT (seq - 1) / 4096, COUNT(*)
+		FROM (SELECT seq FROM parley_messages UNION SELECT seq FROM parley_poison)
+		GROUP BY 1;`,
 }
 
 // OpenSQLite opens or creates the database at path and migrates it.
@@ -116,9 +144,13 @@ func (s *SQLite) Write(ctx context.Context, b Batch) (int, error) {
 	defer tx.Rollback()
 	inserted := 0
 	if len(b.Records) > 0 {
+		// A seq recorded as poison (by an earlier delivery) is not also
+		// stored as a message, nor the other way round: each archived
+		// sequence is counted once (coverage.go).
 		st, err := tx.PrepareContext(ctx, `INSERT INTO parley_messages
 			(seq, subject, kind, name, msg_id, sender, ts, data, headers)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''))
+			SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULLIF(?9, '')
+			WHERE NOT EXISTS (SELECT 1 FROM parley_poison WHERE seq = ?1)
 			ON CONFLICT (seq) DO NOTHING`)
 		if err != nil {
 			return 0, fmt.Errorf("sqlite prepare: %w", err)
@@ -152,7 +184,9 @@ func (s *SQLite) Write(ctx context.Context, b Batch) (int, error) {
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO parley_poison
 			(seq, subject, reason, payload, headers, ts, recorded_at)
-			VALUES (?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (seq) DO NOTHING`,
+			SELECT ?1, ?2, ?3, ?4, NULLIF(?5, ''), ?6, ?7
+			WHERE NOT EXISTS (SELECT 1 FROM parley_messages WHERE seq = ?1)
+			ON CONFLICT (seq) DO NOTHING`,
 			int64(p.Seq), p.Subject, p.Reason, payload, h, p.Time.UnixMilli(), time.Now().UnixMilli()); err != nil {
 			return 0, sqliteError(fmt.Sprintf("sqlite insert poison seq %d", p.Seq), err)
 		}
@@ -176,8 +210,10 @@ func sqliteError(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// History implements Store.
-func (s *SQLite) History(ctx context.Context, q HistoryQuery) ([]Record, error) {
+// History implements Store. Rows and coverage are read in one read
+// transaction: in WAL mode that is one snapshot, and it takes no lock that
+// writers wait for.
+func (s *SQLite) History(ctx context.Context, q HistoryQuery) ([]Record, *Coverage, error) {
 	var where strings.Builder
 	args := []any{string(q.Kind), q.Name}
 	where.WriteString(`kind = ? AND name = ?`)
@@ -196,10 +232,15 @@ func (s *SQLite) History(ctx context.Context, q HistoryQuery) ([]Record, error) 
 		order = "ASC"
 	}
 	args = append(args, q.Limit)
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, subject, kind, name, msg_id, sender, ts, data, COALESCE(headers, '')
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite history: %w", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `SELECT seq, subject, kind, name, msg_id, sender, ts, data, COALESCE(headers, '')
 		FROM parley_messages WHERE `+where.String()+` ORDER BY seq `+order+` LIMIT ?`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite history: %w", err)
+		return nil, nil, fmt.Errorf("sqlite history: %w", err)
 	}
 	defer rows.Close()
 	var out []Record
@@ -208,21 +249,74 @@ func (s *SQLite) History(ctx context.Context, q HistoryQuery) ([]Record, error) 
 		var seq, ts int64
 		var kind, data, headers string
 		if err := rows.Scan(&seq, &r.Subject, &kind, &r.Name, &r.MsgID, &r.From, &ts, &data, &headers); err != nil {
-			return nil, fmt.Errorf("sqlite history: %w", err)
+			return nil, nil, fmt.Errorf("sqlite history: %w", err)
 		}
 		r.Seq, r.Kind, r.Time, r.Data = uint64(seq), Kind(kind), time.UnixMilli(ts), []byte(data)
 		if r.Headers, err = decodeHeaders(headers); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite history: %w", err)
+		return nil, nil, fmt.Errorf("sqlite history: %w", err)
 	}
+	rows.Close()
 	if q.After == nil {
 		reverse(out)
 	}
-	return out, nil
+	cov, err := spanned(ctx, sqliteSnapshot{tx}, q, out)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite history: %w", err)
+	}
+	return out, cov, nil
+}
+
+// sqliteSnapshot reads coverage inside a read transaction.
+type sqliteSnapshot struct{ tx *sql.Tx }
+
+func (s sqliteSnapshot) seqsIn(ctx context.Context, lo, hi uint64) ([]uint64, error) {
+	rows, err := s.tx.QueryContext(ctx, `SELECT seq FROM parley_messages WHERE seq BETWEEN ?1 AND ?2
+		UNION SELECT seq FROM parley_poison WHERE seq BETWEEN ?1 AND ?2 ORDER BY 1`, int64(lo), int64(hi))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []uint64
+	for rows.Next() {
+		var seq int64
+		if err := rows.Scan(&seq); err != nil {
+			return nil, err
+		}
+		out = append(out, uint64(seq))
+	}
+	return out, rows.Err()
+}
+
+func (s sqliteSnapshot) blockSum(ctx context.Context, k1, k2 uint64) (rows, held uint64, err error) {
+	var r, h int64
+	err = s.tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(held), 0) FROM parley_seq_blocks
+		WHERE block BETWEEN ? AND ?`, int64(k1), int64(k2)).Scan(&r, &h)
+	return uint64(r), uint64(h), err
+}
+
+func (s sqliteSnapshot) firstNotFull(ctx context.Context, k1, k2 uint64) (uint64, error) {
+	var k int64
+	err := s.tx.QueryRowContext(ctx, `SELECT COALESCE(MIN(k), ?2 + 1) FROM (
+			SELECT block AS k FROM parley_seq_blocks WHERE block BETWEEN ?1 AND ?2 AND held <> 4096
+			UNION ALL
+			SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM parley_seq_blocks WHERE block = ?1)
+			UNION ALL
+			SELECT b.block + 1 FROM parley_seq_blocks b WHERE b.block BETWEEN ?1 AND ?2 - 1
+				AND NOT EXISTS (SELECT 1 FROM parley_seq_blocks n WHERE n.block = b.block + 1))`,
+		int64(k1), int64(k2)).Scan(&k)
+	return uint64(k), err
+}
+
+func (s sqliteSnapshot) highest(ctx context.Context) (uint64, error) {
+	var h int64
+	err := s.tx.QueryRowContext(ctx, `SELECT MAX(COALESCE((SELECT MAX(seq) FROM parley_messages), 0),
+		COALESCE((SELECT MAX(seq) FROM parley_poison), 0))`).Scan(&h)
+	return uint64(h), err
 }
 
 // Count implements Store.

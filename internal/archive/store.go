@@ -4,7 +4,8 @@
 // that answers for messages older than the stream keeps.
 //
 // Files: store.go (the Store seam and what it stores), record.go (a stream
-// message → a Record or a Poison), sqlite.go and postgres.go (the stores),
+// message → a Record or a Poison), coverage.go (what the archive can prove
+// it holds), sqlite.go and postgres.go (the stores),
 // archiver.go (the worker), service.go (history over NATS request/reply),
 // metrics.go and http.go (operations).
 package archive
@@ -82,6 +83,13 @@ type HistoryQuery struct {
 	// (resuming forwards); when nil the newest Limit (paging backwards).
 	After *uint64
 	Limit int
+	// Cover, when set, names a stretch of the stream from the rows read:
+	// History then also returns, read from the same snapshot as the rows,
+	// how far from after on the archive holds every sequence up to upTo
+	// (noBound: up to its highest). The same snapshot matters: coverage
+	// read after the rows could count a row committed in between that the
+	// rows lack.
+	Cover func(rows []Record) (after, upTo uint64)
 }
 
 // Store is long-term storage. Implementations must be safe for concurrent
@@ -92,8 +100,9 @@ type Store interface {
 	// inserted is how many records were new.
 	Write(ctx context.Context, b Batch) (inserted int, err error)
 	// History returns the messages matching q in seq order, oldest first,
-	// at most q.Limit of them.
-	History(ctx context.Context, q HistoryQuery) ([]Record, error)
+	// at most q.Limit of them, and the coverage q.Cover asks for (nil
+	// without it).
+	History(ctx context.Context, q HistoryQuery) ([]Record, *Coverage, error)
 	// Count is the number of archived messages and of poison entries.
 	Count(ctx context.Context) (messages, poison int64, err error)
 	// Ping reports whether the store can be reached.

@@ -19,28 +19,6 @@ func EnvName(flagName string) string {
 	return "PARLEY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// Parse parses args into fs, then fills every flag not given on the command
-// line from its PARLEY_* variable. Precedence: flag, environment, default.
-func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || err != nil {
-			return
-		}
-		if v := getenv(EnvName(f.Name)); v != "" {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, e)
-			}
-		}
-	})
-	return err
-}
-
 // NATS is how a component reaches an external NATS cluster.
 type NATS struct {
 	URLs     string // comma-separated; empty means "embed a server" where a component can
@@ -53,11 +31,19 @@ type NATS struct {
 	TLSCert  string
 	TLSKey   string
 	Name     string // connection name shown by the server
+
+	// Embedded says an empty --nats runs an embedded server (the edge's dev
+	// mesh); without it --nats is required. It sets Register's help text.
+	Embedded bool
 }
 
 // Register adds the NATS flags to fs.
 func (n *NATS) Register(fs *flag.FlagSet) {
-	fs.StringVar(&n.URLs, "nats", "", "NATS server URL(s), comma-separated; empty: run an embedded server (dev mode)")
+	urlHelp := "NATS server URL(s), comma-separated (required)"
+	if n.Embedded {
+		urlHelp = "NATS server URL(s), comma-separated; empty: run an embedded server (dev mode)"
+	}
+	fs.StringVar(&n.URLs, "nats", "", urlHelp)
 	fs.StringVar(&n.Creds, "nats-creds", "", "NATS credentials file (.creds)")
 	fs.StringVar(&n.NKeyFile, "nats-nkey", "", "NATS nkey seed file")
 	fs.StringVar(&n.User, "nats-user", "", "NATS user")
@@ -66,6 +52,35 @@ func (n *NATS) Register(fs *flag.FlagSet) {
 	fs.StringVar(&n.TLSCA, "nats-tls-ca", "", "CA certificate file to verify the NATS servers")
 	fs.StringVar(&n.TLSCert, "nats-tls-cert", "", "client certificate file for NATS mutual TLS")
 	fs.StringVar(&n.TLSKey, "nats-tls-key", "", "client key file for NATS mutual TLS")
+}
+
+// Check validates the NATS flags as given: the URLs' form, the files they
+// name (readable), and the TLS certificate and key given together. An empty
+// --nats passes: whether that is allowed is the binary's to say.
+func (n NATS) Check() error {
+	if n.URLs != "" {
+		if err := NATSURLs("nats", n.URLs); err != nil {
+			return err
+		}
+	}
+	for _, f := range []struct{ flag, path string }{
+		{"nats-creds", n.Creds}, {"nats-nkey", n.NKeyFile},
+		{"nats-tls-ca", n.TLSCA}, {"nats-tls-cert", n.TLSCert}, {"nats-tls-key", n.TLSKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return Usagef("--%s: %w", f.flag, err)
+		}
+	}
+	if (n.TLSCert == "") != (n.TLSKey == "") {
+		return Usagef("--nats-tls-cert and --nats-tls-key go together (NATS mutual TLS needs both)")
+	}
+	if n.Password != "" && n.User == "" {
+		return Usagef("--nats-password needs --nats-user")
+	}
+	return nil
 }
 
 // AuthConfigured reports whether any NATS credential is set.
@@ -143,11 +158,12 @@ func (n NATS) Connect(url string, log *slog.Logger, extra ...nats.Option) (*nats
 	return nc, nil
 }
 
-// ReadFileFlag reads a file named by a flag, saying which flag on failure.
+// ReadFileFlag reads a file named by a flag. A file that cannot be read is
+// a usage error naming the flag: the command line cannot work as given.
 func ReadFileFlag(flagName, path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--%s: %w", flagName, err)
+		return nil, Usagef("--%s: %w", flagName, err)
 	}
 	return b, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 
@@ -19,6 +20,18 @@ import (
 // error) leaves the edge answering from the stream alone, exactly as without
 // an archive. Archive messages are re-encoded with protocol.AppendMsg, so a
 // client cannot tell them from stream ones.
+//
+// What the edge may claim (recovered:true, a history reply without a
+// reason) rests on one fact: the stream removes a room's messages oldest
+// first only (limits, purges; the chat stream denies single-message deletes,
+// jetstream/streams.go, and allows no per-message TTL). So once a read has
+// reached the room's oldest message in the stream, everything the reply
+// could have skipped lies below it, in a stretch (lo, before) of stream
+// sequences that holds none of the room's messages still stored. Each
+// sequence there is either archived (the archive says how far it holds
+// every sequence, ArchiveCoverage) or still in the stream, and then another
+// room's message; if some sequence is neither, it may have been this room's
+// message, and the edge says so.
 
 // archiveQuery asks the archive for a room's messages and returns them as
 // deliveries, oldest first, each checked to belong to the room and to lie
@@ -69,66 +82,211 @@ func (e *Edge) archiveFailed(what, room string, err error) {
 	e.log.Warn("archive fallback failed; answering from the stream alone", "op", what, "room", room, "err", err)
 }
 
-// historyFromArchive completes a history answer read from the stream (ds,
-// oldest first, fewer than limit) with older messages from the archive.
-// Retention removes a room's oldest messages first, so what the archive adds
-// lies entirely before what the stream still has.
-func (c *Conn) historyFromArchive(ctx context.Context, room string, before uint64, limit int, ds []Delivery) []Delivery {
-	if c.e.cfg.ArchiveSubject == "" || len(ds) >= limit {
-		return ds
+// streamCheckMax bounds how many sequences vouched reads from the stream to
+// see that those the archive has not committed yet are still there (an
+// archiver a little behind); a longer stretch is not vouched for.
+const streamCheckMax = 1024
+
+// vouched reports whether no message of a room can be missing from a reply
+// in the stretch (lo, before) of stream sequences, where the stream is known
+// to hold none of the room's messages (see above). cov is the archive's
+// coverage (nil: no archive answered). A failure to ask the stream is not
+// vouching.
+func (e *Edge) vouched(ctx context.Context, cov *pjs.ArchiveCoverage, lo, before uint64) bool {
+	from := lo // every sequence in (lo, from] is archived
+	if cov != nil && cov.After <= lo && cov.Through > from {
+		from = cov.Through
 	}
-	if len(ds) > 0 {
-		before = ds[0].Seq
+	if from+1 >= before {
+		return true
 	}
-	older, _, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: limit - len(ds)})
+	info, err := e.stream.Info(ctx)
 	if err != nil {
-		c.e.archiveFailed("history", room, err)
-		return ds
+		e.log.Warn("stream info failed; not vouching for a reply", "err", err)
+		return false
 	}
-	if len(older) > limit-len(ds) {
-		older = older[len(older)-(limit-len(ds)):]
+	st := info.State
+	before = min(before, st.LastSeq+1) // later sequences hold nothing yet
+	switch {
+	case from+1 >= before:
+		return true
+	case st.FirstSeq > from+1: // gone from the stream, and not archived
+		return false
+	case st.NumDeleted == 0: // the stream holds all of FirstSeq..LastSeq
+		return true
+	case before-1-from > streamCheckMax:
+		return false
 	}
-	return append(older, ds...)
+	ok, err := e.streamHolds(ctx, from+1, before-1)
+	if err != nil {
+		e.log.Warn("stream read failed; not vouching for a reply", "err", err)
+		return false
+	}
+	return ok
+}
+
+// streamHolds reports whether the stream stores every sequence from..to,
+// whatever its subject, reading them with batched Direct Get without a
+// subject filter (a batch steps over missing sequences, so the first seq
+// that is not the next expected one is a hole). A sequence seen stored at
+// any moment after the caller's read is enough: removal is final, so a
+// message stored then was never one of the room's removed ones.
+func (e *Edge) streamHolds(ctx context.Context, from, to uint64) (bool, error) {
+	r := e.reader
+	for from <= to {
+		req, _ := json.Marshal(struct {
+			Seq   uint64 `json:"seq"`
+			Batch uint64 `json:"batch"`
+		}{from, min(to-from+1, batchLimit)})
+		ok, next, err := r.holds(ctx, req, from, to)
+		if err != nil || !ok {
+			return false, err
+		}
+		from = next
+	}
+	return true, nil
+}
+
+// holds reads one batch for streamHolds: whether it had from, from+1, … in
+// order until it ended, and the next sequence to ask for.
+func (r *streamReader) holds(ctx context.Context, req []byte, from, to uint64) (bool, uint64, error) {
+	inbox := r.nc.NewRespInbox()
+	sub, err := r.nc.SubscribeSync(inbox)
+	if err != nil {
+		return false, 0, fmt.Errorf("read the stream from seq %d: %w", from, err)
+	}
+	defer sub.Unsubscribe()
+	if err := r.nc.PublishRequest("$JS.API.DIRECT.GET."+r.stream, inbox, req); err != nil {
+		return false, 0, fmt.Errorf("read the stream from seq %d: %w", from, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return false, 0, fmt.Errorf("read the stream from seq %d: %w", from, err)
+		}
+		switch m.Header.Get("Status") {
+		case "":
+		case "204": // end of batch (short of what was asked when bytes ran out)
+			return true, from, nil
+		case "404": // nothing stored from here on
+			return false, 0, nil
+		default:
+			return false, 0, fmt.Errorf("read the stream from seq %d: status %s %s", from, m.Header.Get("Status"), m.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(m.Header.Get(pjs.HeaderSequence), 10, 64)
+		if err != nil {
+			return false, 0, fmt.Errorf("read the stream from seq %d: no sequence header", from)
+		}
+		if seq != from {
+			return false, 0, nil
+		}
+		if from++; from > to {
+			return true, from, nil
+		}
+	}
+}
+
+// historyFromArchive completes a read of a room's newest messages before a
+// seq (history, sub with last) that the stream answered with fewer than
+// limit (ds, oldest first) with older messages from the archive. The
+// stream's part then reaches the room's oldest stored message, so what the
+// archive adds lies before it. missing is empty when nothing can be missing
+// from the reply, else the reason to give: some sequence below its stream
+// part left the stream and is not in the archive, and could have been one
+// of the room's messages.
+func (c *Conn) historyFromArchive(ctx context.Context, room string, before uint64, limit int, ds []Delivery) (out []Delivery, missing string) {
+	if len(ds) >= limit {
+		return ds, "" // the stream alone: a room's stored messages have no holes
+	}
+	top := before
+	if len(ds) > 0 {
+		top = ds[0].Seq
+	}
+	if top == 0 { // no bound, and the stream holds none of the room's messages
+		info, err := c.e.stream.Info(ctx)
+		if err != nil {
+			c.e.log.Warn("stream info failed; not vouching for a reply", "err", err)
+			return ds, "the stream could not be asked what it no longer holds: messages of the room may be missing"
+		}
+		top = info.State.LastSeq + 1
+	}
+	want := limit - len(ds)
+	var older []Delivery
+	var cov *pjs.ArchiveCoverage
+	var more bool
+	if c.e.cfg.ArchiveSubject != "" {
+		o, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: top, Limit: want})
+		if err != nil {
+			c.e.archiveFailed("history", room, err)
+		} else {
+			older, cov, more = o, resp.Covered, resp.More
+			if len(older) > want {
+				older = older[len(older)-want:]
+			}
+		}
+	}
+	// A full page (or one the archive says has older ones) speaks for the
+	// stretch from its oldest message on; a short one claims the room has
+	// nothing older, from the stream's beginning.
+	lo := uint64(0)
+	if len(older) > 0 && (len(older) == want || more) {
+		lo = older[0].Seq
+	}
+	out = append(older, ds...)
+	if c.e.vouched(ctx, cov, lo, top) {
+		return out, ""
+	}
+	return out, fmt.Sprintf("messages before seq %d left the stream and the archive does not hold them all: some of the room's may be missing", top)
 }
 
 // recoverFromArchive completes a resume (sub with since) whose first
 // messages the stream no longer holds: replay is what the stream still has
-// after since, oldest first. ok is true only when the archive vouches for
-// the whole stretch between since and the stream's part (its consumer has
-// archived through it); then ds is every missed message (all) or, when more
-// than max were missed, the newest max of them.
+// after since, oldest first. ok is true only when every message of the room
+// after since is accounted for: each sequence between since and the stream's
+// part is archived or still stored (vouched); then ds is every missed message
+// (all) or, when more than max were missed, the newest max of them.
 func (c *Conn) recoverFromArchive(ctx context.Context, room string, since uint64, upTo uint64, replay []Delivery, max int) (ds []Delivery, all, ok bool) {
 	if len(replay) >= max { // the stream alone holds max of the missed ones
 		return replay[len(replay)-max:], false, true
-	}
-	if c.e.cfg.ArchiveSubject == "" {
-		return nil, false, false
 	}
 	before := upTo + 1
 	if len(replay) > 0 {
 		before = replay[0].Seq
 	}
-	after := since
 	want := max - len(replay)
-	older, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, After: &after, Limit: want})
-	if err != nil {
-		c.e.archiveFailed("sub", room, err)
+	var older []Delivery
+	var cov *pjs.ArchiveCoverage
+	if c.e.cfg.ArchiveSubject != "" {
+		after := since
+		o, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, After: &after, Limit: want})
+		switch {
+		case err != nil:
+			c.e.archiveFailed("sub", room, err)
+		case len(o) > want:
+			c.e.archiveFailed("sub", room, fmt.Errorf("%d messages for a limit of %d", len(o), want))
+		case resp.More:
+			// More than max were missed: the newest of the archive's
+			// part instead, if the archive vouches for them.
+			newest, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: want})
+			if err != nil {
+				c.e.archiveFailed("sub", room, err)
+				return nil, false, false
+			}
+			if len(newest) > want {
+				newest = newest[len(newest)-want:]
+			}
+			if len(newest) == 0 || !c.e.vouched(ctx, resp.Covered, newest[0].Seq, before) {
+				return nil, false, false
+			}
+			return append(newest, replay...), false, true
+		default:
+			older, cov = o, resp.Covered
+		}
+	}
+	if !c.e.vouched(ctx, cov, since, before) {
 		return nil, false, false
 	}
-	if resp.ArchivedThrough == nil || *resp.ArchivedThrough+1 < before || len(older) > want {
-		return nil, false, false
-	}
-	if !resp.More {
-		return append(older, replay...), true, true
-	}
-	// More than max were missed: the newest of the archive's part instead.
-	older, _, err = c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: want})
-	if err != nil {
-		c.e.archiveFailed("sub", room, err)
-		return nil, false, false
-	}
-	if len(older) > want {
-		older = older[len(older)-want:]
-	}
-	return append(older, replay...), false, true
+	return append(older, replay...), true, true
 }

@@ -35,10 +35,11 @@ type Conn struct {
 	// personal are the DM and broadcast topics every connection is in.
 	personal []*room
 
-	reqLimit *rate.Limiter
-	pubLimit *rate.Limiter
-	strikes  int // policy strikes in the current window (reader only)
-	strikeAt time.Time
+	reqLimit  *rate.Limiter
+	pubLimit  *rate.Limiter
+	pingLimit *rate.Limiter // WebSocket pings from the client
+	strikes   int           // policy strikes in the current window (reader only)
+	strikeAt  time.Time
 
 	inflight atomic.Int32 // publishes awaiting their JetStream ack
 	draining atomic.Bool
@@ -46,8 +47,10 @@ type Conn struct {
 	closeOnce sync.Once
 	closeCode int
 	closeText string
-	closing   chan struct{}              // closed when the connection must end
-	done      chan struct{}              // closed when the writer has finished
+	closing   chan struct{} // closed when the connection must end
+	done      chan struct{} // closed when the writer has finished (markDone)
+	doneOnce  sync.Once
+	tornDown  atomic.Bool
 	pinger    atomic.Pointer[time.Timer] // asks for the next WebSocket ping
 	attached  atomic.Bool                // ws is set (see attach)
 
@@ -74,10 +77,13 @@ func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn
 		rooms:    make(map[string]*room),
 		reqLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
 		pubLimit: rate.NewLimiter(rate.Limit(cfg.PublishRate), cfg.PublishBurst),
-		closing:  make(chan struct{}),
-		done:     make(chan struct{}),
-		frames:   make(chan []byte),
-		handled:  make(chan struct{}, 1),
+		// Pings share the request budget's rate: a client pinging faster
+		// than it may send requests is not keeping a connection alive.
+		pingLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
+		closing:   make(chan struct{}),
+		done:      make(chan struct{}),
+		frames:    make(chan []byte),
+		handled:   make(chan struct{}, 1),
 	}
 	return c
 }
@@ -123,7 +129,14 @@ func (c *Conn) close(code int, text string) {
 // reader sees the end tears the connection down.
 func (c *Conn) serve() {
 	cfg := &c.e.cfg
-	c.fr = newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, func(payload []byte) error {
+	c.fr = newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, cfg.MessageTimeout, func(payload []byte) error {
+		// Pings cost the edge a write each: past the request rate they
+		// go unanswered (RFC 6455 §5.5.3 lets a pong answer only the
+		// latest) and count as abuse.
+		if !c.pingLimit.Allow() {
+			c.strike()
+			return nil
+		}
 		return c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(cfg.WriteTimeout))
 	})
 	c.rc = c.fr.rc
@@ -140,6 +153,13 @@ var errParked = errors.New("parked")
 // woken says the poller saw the socket readable (or hung up): read before
 // parking again, or an EOF would wake us forever.
 func (c *Conn) readOn(woken bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.e.recovered("read", v, c.log)
+			c.close(websocket.CloseInternalServerErr, "internal error")
+			c.teardown() // at most once: a panic inside teardown ends here
+		}
+	}()
 	err := c.readLoop(woken)
 	if errors.Is(err, errParked) {
 		return
@@ -182,8 +202,13 @@ func (c *Conn) park() bool {
 	}
 }
 
-// teardown ends the connection once its reader is done.
+// teardown ends the connection once its reader is done. It runs once; the
+// edge forgets the connection even if something in it panics.
 func (c *Conn) teardown() {
+	if !c.tornDown.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.e.connGone(c)
 	c.close(websocket.CloseNormalClosure, "")
 	<-c.done
 	c.stopPing()
@@ -207,7 +232,6 @@ func (c *Conn) teardown() {
 	// connGone, so a drain ends with every socket closed.
 	c.closeSocket()
 	c.log.Debug("disconnected", "code", c.closeCode)
-	c.e.connGone(c)
 }
 
 // joinPersonal puts the connection in its user's DM topic and the broadcast
@@ -304,8 +328,8 @@ func (c *Conn) handlerLoop(frame []byte) {
 	idle := time.NewTimer(handlerIdle)
 	defer idle.Stop()
 	for {
-		protocol.SplitFrame(frame, c.handle)
-		c.handled <- struct{}{}
+		c.handleLines(frame)
+		c.handled <- struct{}{} // also after a panic: the reader waits for it
 		idle.Reset(handlerIdle)
 		select {
 		case frame = <-c.frames:
@@ -315,6 +339,13 @@ func (c *Conn) handlerLoop(frame []byte) {
 			return
 		}
 	}
+}
+
+// handleLines handles a frame's requests; a panic in one closes the
+// connection (1011).
+func (c *Conn) handleLines(frame []byte) {
+	defer c.contain("handle")
+	protocol.SplitFrame(frame, c.handle)
 }
 
 // strike counts abuse; too much in one window ends the connection.
@@ -346,6 +377,9 @@ func (c *Conn) handle(line []byte) {
 	if c.draining.Load() {
 		c.replyErr(req.ID, fmt.Errorf("%w: edge is shutting down; reconnect to another edge", protocol.ErrUnavailable))
 		return
+	}
+	if h := c.e.requestHook.Load(); h != nil {
+		(*h)(req.Op)
 	}
 	var err error
 	switch req.Op {
@@ -449,6 +483,14 @@ func (c *Conn) replyErr(id int64, err error) {
 // frames, several per WebSocket message when the client is behind, a due
 // ping, or the connection's end.
 func (c *Conn) writeLoop() {
+	defer func() {
+		if v := recover(); v != nil {
+			c.e.recovered("write", v, c.log)
+			c.close(websocket.CloseInternalServerErr, "internal error")
+			c.ws.Close()
+			c.markDone()
+		}
+	}()
 	cfg := &c.e.cfg
 	var spare [][]byte
 	var linger *time.Timer
@@ -504,6 +546,7 @@ const writerLinger = time.Second
 func (c *Conn) schedulePing() {
 	var tick func()
 	tick = func() {
+		defer c.contain("timer")
 		select {
 		case <-c.closing:
 			return
@@ -535,13 +578,16 @@ func (c *Conn) writeFailed(err error) {
 	c.log.Debug("write failed", "err", err, "close_code", c.closeCode)
 	c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
 	c.ws.Close()
-	close(c.done)
+	c.markDone()
 }
+
+// markDone says the writer has finished (once, whichever way it ended).
+func (c *Conn) markDone() { c.doneOnce.Do(func() { close(c.done) }) }
 
 // finish sends what is queued (unless the client was too slow for it),
 // then says goodbye with the close code.
 func (c *Conn) finish(frames [][]byte) {
-	defer close(c.done)
+	defer c.markDone()
 	if c.closeCode == websocket.CloseAbnormalClosure {
 		c.ws.Close()
 		return

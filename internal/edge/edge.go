@@ -16,9 +16,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/url"
+	"net/netip"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,7 +57,28 @@ type Config struct {
 	// Presence configures the edge's presence events (presence.go).
 	Presence PresenceConfig
 
-	MaxConnections       int           // 0: unlimited
+	MaxConnections int // 0: unlimited
+
+	// MaxConnsPerUser and MaxConnsPerIP bound the connections one user and
+	// one client address (IPv6: one /64) may hold on this edge; 0: no
+	// limit. Beyond them an upgrade is refused with 429 rate_limited.
+	MaxConnsPerUser int
+	MaxConnsPerIP   int
+	// TrustedProxies are the proxies whose X-Forwarded-For names the client
+	// address for MaxConnsPerIP (the right-most untrusted entry) and whose
+	// X-Forwarded-Proto says whether the client used TLS. Empty: the TCP
+	// peer is the client.
+	TrustedProxies []netip.Prefix
+	// AllowedHosts are Host names an insecure edge answers besides
+	// localhost and IP addresses ("*": any). Without them, a page whose
+	// domain an attacker re-pointed at 127.0.0.1 (DNS rebinding) gets 403.
+	AllowedHosts []string
+	// HTTPIdleTimeout closes a keep-alive HTTP connection idle this long;
+	// HTTPReadTimeout bounds reading one HTTP request. Neither applies to a
+	// WebSocket once upgraded (it has ReadTimeout and WriteTimeout).
+	HTTPIdleTimeout time.Duration
+	HTTPReadTimeout time.Duration
+
 	MaxFrameBytes        int           // a larger client frame gets too_large and is discarded
 	HardFrameLimit       int           // a larger client frame closes the connection (1009)
 	MaxOutFrameBytes     int           // coalesced pushes per outgoing message
@@ -73,6 +93,7 @@ type Config struct {
 	MaxStrikes           int           // rejected requests in 10 s before a policy-violation close
 	PingInterval         time.Duration // WebSocket ping period
 	ReadTimeout          time.Duration // no frame or pong for this long ends the connection
+	MessageTimeout       time.Duration // a client message must arrive whole this long after its first header
 	WriteTimeout         time.Duration // one write may take this long
 	RequestTimeout       time.Duration // NATS requests made for a client request
 	PublishTimeout       time.Duration // wait for a JetStream ack
@@ -83,6 +104,12 @@ type Config struct {
 	// RoomCache is how many of each room's latest messages the edge keeps
 	// to serve resumes and "last" without reading the stream (0: none).
 	RoomCache int
+	// RoomCacheBytes and RoomCacheTotalBytes bound those messages in bytes,
+	// per room and across the edge (oldest dropped first): the count alone
+	// lets large messages in many rooms fill the heap. A message costs its
+	// frame's capacity, 64 B and its 40-B slot in the room's array.
+	RoomCacheBytes      int
+	RoomCacheTotalBytes int
 	// WriteDelay collects pushes for this long before a write (0: write at
 	// once). Each write is a syscall; at high fan-out a few milliseconds of
 	// delay put several messages in one write and raise throughput at the
@@ -104,6 +131,9 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:               "127.0.0.1:8080",
 		Stream:               pjs.DefaultStreamOptions(),
+		MaxConnsPerUser:      100,
+		HTTPIdleTimeout:      2 * time.Minute,
+		HTTPReadTimeout:      30 * time.Second,
 		MaxFrameBytes:        64 << 10,
 		HardFrameLimit:       1 << 20,
 		MaxOutFrameBytes:     64 << 10,
@@ -118,6 +148,7 @@ func DefaultConfig() Config {
 		MaxStrikes:           50,
 		PingInterval:         25 * time.Second,
 		ReadTimeout:          60 * time.Second,
+		MessageTimeout:       10 * time.Second,
 		WriteTimeout:         10 * time.Second,
 		RequestTimeout:       5 * time.Second,
 		PublishTimeout:       5 * time.Second,
@@ -126,6 +157,8 @@ func DefaultConfig() Config {
 		MaxHistory:           500,
 		MaxHistoryBytes:      1 << 20,
 		RoomCache:            256,
+		RoomCacheBytes:       defaultRoomCacheBytes,
+		RoomCacheTotalBytes:  defaultRoomCacheTotalBytes,
 		ArchiveSubject:       pjs.ArchiveHistorySubject,
 		LivePendingMsgs:      1 << 16,
 	}
@@ -151,6 +184,8 @@ func (c *Config) fillDefaults() {
 	setIf(&c.MaxRecover, d.MaxRecover)
 	setIf(&c.MaxHistory, d.MaxHistory)
 	setIf(&c.MaxHistoryBytes, d.MaxHistoryBytes)
+	setIf(&c.RoomCacheBytes, d.RoomCacheBytes)
+	setIf(&c.RoomCacheTotalBytes, d.RoomCacheTotalBytes)
 	setIf(&c.LivePendingMsgs, d.LivePendingMsgs)
 	if c.MaxRecover > c.MaxQueuedMsgs/2 {
 		// A replay lands in the outbound queue at once: leave room for live.
@@ -169,10 +204,13 @@ func (c *Config) fillDefaults() {
 	}
 	setDur(&c.PingInterval, d.PingInterval)
 	setDur(&c.ReadTimeout, d.ReadTimeout)
+	setDur(&c.MessageTimeout, d.MessageTimeout)
 	setDur(&c.WriteTimeout, d.WriteTimeout)
 	setDur(&c.RequestTimeout, d.RequestTimeout)
 	setDur(&c.PublishTimeout, d.PublishTimeout)
 	setDur(&c.DrainTimeout, d.DrainTimeout)
+	setDur(&c.HTTPIdleTimeout, d.HTTPIdleTimeout)
+	setDur(&c.HTTPReadTimeout, d.HTTPReadTimeout)
 	if c.HardFrameLimit < c.MaxFrameBytes {
 		c.HardFrameLimit = c.MaxFrameBytes
 	}
@@ -209,6 +247,10 @@ type Edge struct {
 	server   *http.Server
 	serveErr chan error
 
+	// requestHook, when set (by tests only, see export_test.go), runs
+	// before each request is handled: it lets a test make handling panic.
+	requestHook atomic.Pointer[func(op string)]
+
 	nextConn atomic.Uint64
 	draining atomic.Bool
 	started  atomic.Bool
@@ -218,6 +260,8 @@ type Edge struct {
 	// handlers counts connections between upgrade and full teardown, so a
 	// drain can wait for them.
 	handlers sync.WaitGroup
+	// admit holds the per-user and per-address connection counts (limits.go).
+	admit admission
 }
 
 // ErrNoAuth is returned by New when nothing could authenticate a client.
@@ -306,7 +350,9 @@ func (e *Edge) Start(ctx context.Context) error {
 		dropped:       e.metrics.DroppedLive.Inc,
 		gapRepaired:   func(n int) { e.metrics.GapsRepaired.Inc(); e.metrics.GapMessages.Add(float64(n)) },
 		gapUnrepaired: e.metrics.GapsUnrepaired.Inc,
-		shards:        newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs),
+		shards: newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs, func(v any) {
+			e.recovered("dispatch", v, e.log)
+		}),
 	}
 	e.hub = NewHub(e.feed)
 	if p, err := newPoller(); err == nil {
@@ -315,6 +361,9 @@ func (e *Edge) Start(ctx context.Context) error {
 		e.log.Info("idle connections keep a reader goroutine", "reason", err)
 	}
 	e.hub.recent = e.cfg.RoomCache
+	evictions := e.metrics.RoomCacheEvictions
+	e.hub.limitCache(e.cfg.RoomCacheBytes, e.cfg.RoomCacheTotalBytes, &e.metrics.RoomCacheBytes,
+		evictions.WithLabelValues("room").Add, evictions.WithLabelValues("total").Add)
 	e.hub.linger = roomLinger
 	e.hub.observer = hubObserver{
 		topicOpened: e.metrics.LiveSubjects.Inc,
@@ -334,7 +383,9 @@ func (e *Edge) Start(ctx context.Context) error {
 			e.hub.Resync(ctx, 8)
 		}()
 	})
-	if e.pub, err = newPublisher(e.nc, e.metrics, e.cfg.PublishTimeout, 65536); err != nil {
+	if e.pub, err = newPublisher(e.nc, e.metrics, e.cfg.PublishTimeout, 65536, func(v any) {
+		e.recovered("ack", v, e.log)
+	}); err != nil {
 		return err
 	}
 	e.presence = newPresenceTracker(e.nc, e.log, e.cfg.Presence)
@@ -348,7 +399,26 @@ func (e *Edge) Start(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", e.cfg.Listen, err)
 	}
 	e.listener = ln
-	e.server = &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	e.admit.usersGauge, e.admit.addrsGauge = e.metrics.ConnectedUsers, e.metrics.ConnectedAddrs
+	e.server = &http.Server{
+		Handler:           e.guardHost(e.Handler()),
+		ReadHeaderTimeout: 10 * time.Second,
+		// The timeouts below are for plain HTTP (probes, scrapes, pprof).
+		// They cannot cut a WebSocket short: Hijack clears the connection's
+		// deadlines, and from then on the edge sets its own (ReadTimeout,
+		// WriteTimeout, MessageTimeout).
+		ReadTimeout: e.cfg.HTTPReadTimeout,
+		// Long enough for a 30 s /debug/pprof/profile or trace (pprof
+		// refuses a duration above it), short enough that a client that
+		// never reads a response does not hold its goroutine for ever.
+		WriteTimeout: 2 * time.Minute,
+		// Without it an idle keep-alive connection is held for ever, and
+		// outside --max-connections.
+		IdleTimeout: e.cfg.HTTPIdleTimeout,
+		// Headers carry at most a JWT and a few cookies; the default
+		// (1 MiB) lets every connection park that much.
+		MaxHeaderBytes: 64 << 10,
+	}
 	go func() { e.serveErr <- e.server.Serve(ln) }()
 	e.started.Store(true)
 	e.log.Info("edge listening", "addr", ln.Addr().String(), "insecure", e.cfg.Insecure)
@@ -478,9 +548,19 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is shutting down; connect to another edge")
 		return
 	}
-	if e.cfg.MaxConnections > 0 && e.connCount() >= e.cfg.MaxConnections {
-		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
-		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is full; connect to another edge")
+	// The origin first: a refused page learns nothing about the user it
+	// claims to be, and costs no token verification.
+	if !e.checkOrigin(r) {
+		origin := r.Header.Get("Origin")
+		e.metrics.ConnectsTotal.WithLabelValues("forbidden").Inc()
+		e.logRefusal(&e.admit.originLog, "refused a browser origin", "origin", origin, "host", r.Host, "allow_with", "--allowed-origins")
+		httpError(w, http.StatusForbidden, protocol.CodeForbidden,
+			fmt.Sprintf("origin %q may not connect to this edge (the operator can allow it with --allowed-origins)", origin))
+		return
+	}
+	// A cheap early answer for a full edge; acquire below is the exact one.
+	if e.cfg.MaxConnections > 0 && e.admit.count() >= e.cfg.MaxConnections {
+		e.refuseFull(w)
 		return
 	}
 	ident, err := e.authenticate(r)
@@ -489,11 +569,32 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 		return
 	}
+	addr := clientAddr(r, e.cfg.TrustedProxies)
+	key := limitKey(addr)
+	// From here on every way out releases the lease, except the one that
+	// hands it to the registered connection (released by connGone).
+	lease, why := e.admit.acquire(&e.cfg, ident.User, key)
+	switch why {
+	case edgeFull:
+		e.refuseFull(w)
+		return
+	case userLimit:
+		e.metrics.ConnectsTotal.WithLabelValues("user_limit").Inc()
+		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited,
+			fmt.Sprintf("user %q already has %d connections to this edge (--max-connections-per-user); close one first", ident.User, e.cfg.MaxConnsPerUser))
+		return
+	case addrLimit:
+		e.metrics.ConnectsTotal.WithLabelValues("ip_limit").Inc()
+		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited,
+			fmt.Sprintf("address %s already has %d connections to this edge (--max-connections-per-ip); close one first", keyString(addr, key), e.cfg.MaxConnsPerIP))
+		return
+	}
 	// The user's DM and the broadcast subscriptions exist before the client
 	// sees the upgrade succeed: a direct message sent to it from then on
 	// reaches it (frames wait in its queue until the socket is attached).
 	c := newConn(e, e.nextConn.Add(1), nil, ident)
 	if err := c.joinPersonal(); err != nil {
+		e.admit.release(lease)
 		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
 		c.log.Warn("cannot serve a connection", "err", err)
 		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge cannot reach NATS; connect to another edge")
@@ -503,6 +604,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// The upgrader already answered with an HTTP error.
 		c.leavePersonal()
+		e.admit.release(lease)
 		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
 		return
 	}
@@ -515,12 +617,17 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if e.draining.Load() {
 		e.mu.Unlock()
 		c.leavePersonal()
+		e.admit.release(lease)
 		_ = ws.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge"),
 			time.Now().Add(time.Second))
 		_ = ws.Close()
 		return
 	}
+	// Bound before the connection is registered: from then on a close
+	// (a drain, the token timer) may run its teardown, and connGone must
+	// find the lease.
+	e.admit.bind(c, lease)
 	e.handlers.Add(1)
 	e.conns[c] = struct{}{}
 	e.mu.Unlock()
@@ -537,6 +644,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 func (e *Edge) runConn(c *Conn, ident *auth.Identity) {
 	if !ident.Expires.IsZero() {
 		c.tokenTimer = time.AfterFunc(time.Until(ident.Expires), func() {
+			defer c.contain("timer")
 			c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")
 		})
 	}
@@ -548,6 +656,7 @@ func (e *Edge) connGone(c *Conn) {
 	e.mu.Lock()
 	delete(e.conns, c)
 	e.mu.Unlock()
+	e.admit.releaseConn(c)
 	e.metrics.Connections.Dec()
 	e.handlers.Done()
 }
@@ -571,19 +680,52 @@ func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
 	return nil, errors.New("missing credentials: send Authorization: Bearer <JWT> or ?token=<JWT>")
 }
 
+// checkOrigin reports whether the page that opened this WebSocket (its
+// Origin; clients that send none are not browsers and always pass) may use
+// it. --allowed-origins entries pass. An insecure edge lets anyone be any
+// user, so only pages of this machine pass besides: its Host header cannot
+// be trusted to mean "same site", as a DNS-rebinding page sends its own
+// domain there. A secure edge otherwise accepts same-host pages, with the
+// scheme checked where the edge knows it.
 func (e *Edge) checkOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
-	if slices.Contains(e.cfg.AllowedOrigins, "*") || slices.Contains(e.cfg.AllowedOrigins, origin) {
-		return true
-	}
-	if len(e.cfg.AllowedOrigins) > 0 {
+	// "null" (file:// pages, sandboxed frames, redirects) names no site to
+	// trust: refused even when listed or under "*". Other schemes (a
+	// browser extension's) pass only when listed exactly.
+	if strings.EqualFold(origin, "null") {
 		return false
 	}
-	u, err := url.Parse(origin)
-	return err == nil && strings.EqualFold(u.Host, r.Host)
+	scheme, host, ok := parseOrigin(origin)
+	for _, a := range e.cfg.AllowedOrigins {
+		if (a == "*" && ok) || strings.EqualFold(strings.TrimSuffix(a, "/"), origin) {
+			return true
+		}
+	}
+	switch {
+	case !ok:
+		return false
+	case e.cfg.Insecure:
+		return isLoopbackHost(hostOnly(host))
+	case len(e.cfg.AllowedOrigins) > 0, !strings.EqualFold(host, r.Host):
+		return false
+	case r.TLS != nil:
+		return scheme == "https"
+	}
+	if proto := forwardedProto(r, e.cfg.TrustedProxies); proto != "" {
+		return scheme == proto
+	}
+	// Plain HTTP from an unknown hop: usually a TLS-terminating proxy the
+	// operator did not list, so an https page is as plausible as http.
+	return true
+}
+
+// refuseFull answers an upgrade beyond --max-connections.
+func (e *Edge) refuseFull(w http.ResponseWriter) {
+	e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
+	httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is full; connect to another edge")
 }
 
 func httpError(w http.ResponseWriter, status int, code protocol.Code, msg string) {

@@ -44,10 +44,14 @@ type liveShards struct {
 	chans    []chan *nats.Msg
 	handlers sync.Map // *nats.Subscription → func(*nats.Msg)
 	done     chan struct{}
+	// onPanic hears of a panic while handling one message: that message is
+	// dropped (gap repair reads it back when the next one shows the gap),
+	// the dispatcher and every other topic on it go on.
+	onPanic func(v any)
 }
 
-func newLiveShards(n, capacity int) *liveShards {
-	ls := &liveShards{chans: make([]chan *nats.Msg, n), done: make(chan struct{})}
+func newLiveShards(n, capacity int, onPanic func(v any)) *liveShards {
+	ls := &liveShards{chans: make([]chan *nats.Msg, n), done: make(chan struct{}), onPanic: onPanic}
 	for i := range ls.chans {
 		ch := make(chan *nats.Msg, capacity)
 		ls.chans[i] = ch
@@ -61,12 +65,21 @@ func (ls *liveShards) dispatch(ch chan *nats.Msg) {
 		select {
 		case m := <-ch:
 			if h, ok := ls.handlers.Load(m.Sub); ok {
-				h.(func(*nats.Msg))(m)
+				ls.handle(h.(func(*nats.Msg)), m)
 			} // else: unsubscribed while the message was queued
 		case <-ls.done:
 			return
 		}
 	}
+}
+
+func (ls *liveShards) handle(h func(*nats.Msg), m *nats.Msg) {
+	defer func() {
+		if v := recover(); v != nil && ls.onPanic != nil {
+			ls.onPanic(v)
+		}
+	}()
+	h(m)
 }
 
 func (ls *liveShards) shard(subject string) chan *nats.Msg {

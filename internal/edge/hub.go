@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pjs "github.com/parley-mesh/parley/jetstream"
@@ -55,6 +56,8 @@ type Hub struct {
 	// recent is how many of a room's latest messages each room keeps for
 	// resumes (room topics only: DMs and broadcasts are not resumed).
 	recent int
+	// cache bounds the bytes those messages hold, per room and in all.
+	cache *recentCache
 	// linger keeps such a room subscribed this long after its last member.
 	linger time.Duration
 }
@@ -79,7 +82,37 @@ func NewHub(feed Feed) *Hub {
 		h.shards[i].rooms = make(map[string]*room)
 	}
 	h.observer = hubObserver{topicOpened: func() {}, topicClosed: func() {}, delivered: func(int) {}}
+	h.limitCache(defaultRoomCacheBytes, defaultRoomCacheTotalBytes, new(atomic.Int64), func(float64) {}, func(float64) {})
 	return h
+}
+
+// limitCache sets the byte bounds of the rooms' recent messages: perRoom for
+// each room, total for all of them, counted in used; evictedRoom and
+// evictedTotal count the messages each bound made a room drop. Call it
+// before the first Join.
+func (h *Hub) limitCache(perRoom, total int, used *atomic.Int64, evictedRoom, evictedTotal func(float64)) {
+	h.cache = &recentCache{
+		perRoom: int64(perRoom), total: int64(total), used: used,
+		evictedRoom: evictedRoom, evictedTotal: evictedTotal,
+		rooms: h.cachingRooms,
+	}
+}
+
+// cachingRooms lists the rooms that keep recent messages, for the cache's
+// reclaim; it holds one shard's lock at a time and no room's.
+func (h *Hub) cachingRooms() []*room {
+	var rooms []*room
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		for _, r := range sh.rooms {
+			if r.recentMax > 0 {
+				rooms = append(rooms, r)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return rooms
 }
 
 func (h *Hub) shard(topic string) *hubShard {
@@ -95,7 +128,7 @@ func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
 	r := sh.rooms[topic]
 	creator := r == nil
 	if creator {
-		r = newRoom(topic, h.observer.delivered, h.feed.Repair)
+		r = newRoom(topic, h.observer.delivered, h.feed.Repair, h.cache)
 		if strings.HasPrefix(topic, pjs.RoomPrefix) {
 			r.recentMax = h.recent
 		}
@@ -163,10 +196,17 @@ func (h *Hub) close(r *room) {
 		delete(sh.rooms, r.topic)
 	}
 	sh.mu.Unlock()
-	if owner && r.unsubscribe != nil {
+	if !owner {
+		return
+	}
+	// Nobody can join r any more: its recent messages go, and their bytes
+	// back to the edge's bound (after unsubscribing, so that a delivery in
+	// flight finds r closed and keeps nothing).
+	if r.unsubscribe != nil {
 		r.unsubscribe()
 		h.observer.topicClosed()
 	}
+	r.release()
 }
 
 // Topics is the number of topics with a live feed subscription.

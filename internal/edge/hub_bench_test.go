@@ -73,45 +73,97 @@ func (q *queueSub) drain() {
 // subscribers' queues: decode and encode once, then N enqueues.
 func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{1, 10, 100, 1000} {
-		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) { benchFanout(b, n, 0) })
+	}
+}
+
+// BenchmarkFanoutCached is BenchmarkFanout with the room keeping its latest
+// messages, as rooms do by default (--room-cache): the cost of the cache's
+// bookkeeping on the delivery path.
+func BenchmarkFanoutCached(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) { benchFanout(b, n, 256) })
+	}
+}
+
+func benchFanout(b *testing.B, n, recent int) {
+	feed := &memFeed{delivers: map[string]func(Delivery){}}
+	hub := NewHub(feed)
+	hub.recent = recent
+	subs := make([]*queueSub, n)
+	for i := range subs {
+		sub := &queueSub{done: make(chan struct{})}
+		sub.out = newOutbox(1<<20, 1<<30, func() { go sub.drain() })
+		subs[i] = sub
+		r, err := hub.Join("chat.room.lobby", subs[i], 1024)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.start(subs[i], 0)
+	}
+	deliver := feed.delivers["chat.room.lobby"]
+	msg := nats.NewMsg("parley.live.chat.room.lobby")
+	msg.Data = []byte(`{"from":"alice","msg_id":"c-9","data":{"text":"hello, world"}}`)
+	msg.Header.Set("Nats-Time-Stamp", "2026-11-25T06:00:00.123456789Z")
+	msg.Header.Set("Nats-Last-Sequence", "0")
+	tgt := pushTarget("chat.room.lobby")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		msg.Header.Set("Nats-Sequence", fmt.Sprint(i+1))
+		if recent > 0 { // a hole-free run, as RePublish sends it
+			msg.Header.Set("Nats-Last-Sequence", fmt.Sprint(i))
+		}
+		d, err := decodeLive(msg, tgt)
+		if err != nil {
+			b.Fatal(err)
+		}
+		deliver(d)
+	}
+	b.StopTimer()
+	for _, s := range subs {
+		s.out.close()
+		<-s.done
+		if s.n != b.N {
+			b.Fatalf("subscriber got %d of %d", s.n, b.N)
+		}
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// countSub counts what it is given, and that is all.
+type countSub struct{ n int }
+
+func (c *countSub) deliver([]byte) { c.n++ }
+
+// BenchmarkHubRoomCache isolates the room cache's bookkeeping on the
+// delivery path: one room, one subscriber that only counts, prebuilt
+// messages of two sizes (so that the accounting changes every time). With
+// 4 KiB frames the per-room byte bound (256 KiB) drops a message for every
+// one kept; with 200-B ones only the count bound rolls.
+func BenchmarkHubRoomCache(b *testing.B) {
+	for _, size := range []int{200, 4096} {
+		b.Run(fmt.Sprintf("frame=%d", size), func(b *testing.B) {
 			feed := &memFeed{delivers: map[string]func(Delivery){}}
 			hub := NewHub(feed)
-			subs := make([]*queueSub, n)
-			for i := range subs {
-				sub := &queueSub{done: make(chan struct{})}
-				sub.out = newOutbox(1<<20, 1<<30, func() { go sub.drain() })
-				subs[i] = sub
-				r, err := hub.Join("chat.room.lobby", subs[i], 1024)
-				if err != nil {
-					b.Fatal(err)
-				}
-				r.start(subs[i], 0)
+			hub.recent = 256
+			sub := &countSub{}
+			r, err := hub.Join("chat.room.lobby", sub, 1024)
+			if err != nil {
+				b.Fatal(err)
 			}
+			r.start(sub, 0)
 			deliver := feed.delivers["chat.room.lobby"]
-			msg := nats.NewMsg("parley.live.chat.room.lobby")
-			msg.Data = []byte(`{"from":"alice","msg_id":"c-9","data":{"text":"hello, world"}}`)
-			msg.Header.Set("Nats-Time-Stamp", "2026-11-25T06:00:00.123456789Z")
-			msg.Header.Set("Nats-Last-Sequence", "0")
-			tgt := pushTarget("chat.room.lobby")
+			frames := [2][]byte{make([]byte, size), make([]byte, size+8)}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
-				msg.Header.Set("Nats-Sequence", fmt.Sprint(i+1))
-				d, err := decodeLive(msg, tgt)
-				if err != nil {
-					b.Fatal(err)
-				}
-				deliver(d)
+				deliver(Delivery{Seq: uint64(i + 1), LastSeq: uint64(i), Frame: frames[i%2]})
 			}
 			b.StopTimer()
-			for _, s := range subs {
-				s.out.close()
-				<-s.done
-				if s.n != b.N {
-					b.Fatalf("subscriber got %d of %d", s.n, b.N)
-				}
+			if sub.n != b.N {
+				b.Fatalf("subscriber got %d of %d", sub.n, b.N)
 			}
-			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "deliveries/s")
 		})
 	}
 }

@@ -33,8 +33,11 @@ type publisher struct {
 	idle   chan struct{}
 
 	inbox string // reply subject prefix, "_INBOX.<nuid>."
-	sub   *nats.Subscription
-	done  chan struct{}
+	// onPanic hears of a panic while handling one ack (it runs on nats.go's
+	// subscription goroutine, where a panic would end the process).
+	onPanic func(any)
+	sub     *nats.Subscription
+	done    chan struct{}
 
 	mu      sync.Mutex
 	next    uint64
@@ -47,8 +50,8 @@ type pendingPub struct {
 	start time.Time
 }
 
-func newPublisher(nc *nats.Conn, m *metrics.Edge, timeout time.Duration, max int) (*publisher, error) {
-	p := &publisher{nc: nc, metrics: m, timeout: timeout, max: max, inbox: nats.NewInbox() + ".",
+func newPublisher(nc *nats.Conn, m *metrics.Edge, timeout time.Duration, max int, onPanic func(any)) (*publisher, error) {
+	p := &publisher{nc: nc, metrics: m, timeout: timeout, max: max, onPanic: onPanic, inbox: nats.NewInbox() + ".",
 		done: make(chan struct{}), pending: make(map[uint64]pendingPub)}
 	sub, err := nc.Subscribe(p.inbox+"*", p.ack)
 	if err != nil {
@@ -122,6 +125,11 @@ func (p *publisher) take(token uint64) (pendingPub, bool) {
 
 // ack handles the stream's answer to one publish.
 func (p *publisher) ack(m *nats.Msg) {
+	defer func() {
+		if v := recover(); v != nil && p.onPanic != nil {
+			p.onPanic(v)
+		}
+	}()
 	token, err := strconv.ParseUint(m.Subject[len(p.inbox):], 10, 64)
 	if err != nil {
 		return

@@ -128,7 +128,12 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		if err != nil {
 			return nil, err
 		}
-		return c.historyFromArchive(ctx, req.Room, upTo+1, n, ds), nil
+		ds, missing := c.historyFromArchive(ctx, req.Room, upTo+1, n, ds)
+		if missing != "" {
+			recovered = false
+			reply.Reason = missing
+		}
+		return ds, nil
 	}
 	since := *req.Since
 	if since >= upTo {
@@ -165,7 +170,11 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		reply.Reason = fmt.Sprintf("more than %d messages missed; the newest %d follow, read older ones with history", max, max)
 		return replay, nil
 	}
-	lost, err := c.maybeLost(ctx, topic, since)
+	before := upTo + 1 // the oldest of the room's messages after since in the stream
+	if len(replay) > 0 {
+		before = replay[0].Seq
+	}
+	lost, err := c.maybeLost(ctx, topic, since, before)
 	if err != nil {
 		return nil, err
 	}
@@ -193,11 +202,18 @@ func newestWithin(ds []Delivery, budget int) []Delivery {
 	return ds[i:]
 }
 
-// maybeLost reports whether retention may have removed messages of topic
-// after seq since. Retention removes oldest first, so if the topic's oldest
-// stored message is at or before since+1 nothing after since is gone; if
-// not, something is gone unless the stream never removed anything after it.
-func (c *Conn) maybeLost(ctx context.Context, topic string, since uint64) (bool, error) {
+// maybeLost reports whether messages of topic after seq since may have
+// left the stream; before is the topic's oldest stored message after since
+// (or the position + 1: none). It rests on the stream removing a topic's
+// messages oldest first only (limits, purges by subject, keep or sequence;
+// the chat stream denies single-message deletes and per-message TTLs, see
+// jetstream/streams.go): if the topic's oldest stored message is at or
+// before since+1, nothing after since is gone; if not, something is gone
+// unless the stream never removed anything after since.
+func (c *Conn) maybeLost(ctx context.Context, topic string, since, before uint64) (bool, error) {
+	if before <= since+1 { // the stream holds the very next sequence
+		return false, nil
+	}
 	first, err := c.e.reader.first(ctx, topic)
 	if err != nil {
 		return false, err
@@ -252,14 +268,20 @@ func (c *Conn) history(req *protocol.Request) error {
 	if err != nil {
 		return err
 	}
-	ds = c.historyFromArchive(ctx, req.Room, req.Before, limit, ds)
+	// What the stream no longer has comes from the archive; a reply that
+	// may have skipped messages neither holds says so.
+	ds, missing := c.historyFromArchive(ctx, req.Room, req.Before, limit, ds)
 	// Keep the reply within bounds: drop the oldest beyond the byte budget
 	// (and within half the connection's queue, which a larger reply would
 	// overflow); the client pages on with before = the oldest seq it got.
-	reply := protocol.Reply{ID: req.ID, OK: true}
+	reply := protocol.Reply{ID: req.ID, OK: true, Reason: missing}
 	budget := min(c.e.cfg.MaxHistoryBytes, c.e.cfg.MaxQueuedBytes/2)
 	if fit := newestWithin(ds, budget); len(fit) < len(ds) {
-		reply.Reason = fmt.Sprintf("cut to the newest %d messages that fit in %d bytes; page back with before", len(fit), budget)
+		cut := fmt.Sprintf("cut to the newest %d messages that fit in %d bytes; page back with before", len(fit), budget)
+		if reply.Reason != "" {
+			cut += "; " + reply.Reason
+		}
+		reply.Reason = cut
 		ds = fit
 	}
 	reply.Msgs = make([]json.RawMessage, len(ds)) // never nil: "msgs":[] when empty

@@ -1,6 +1,11 @@
 package edge
 
-import "sync"
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
 
 // room is one topic's local fan-out: the subscribers on this edge and the
 // position of the topic's live feed.
@@ -35,9 +40,133 @@ type room struct {
 	// above recentFrom (up to lastSeq) is in it. Resumes and "last" are
 	// served from it when they fall inside, so a mass reconnect to one room
 	// reads the stream once (the live feed did), not once per client.
+	// Dropping the oldest message moves recentFrom up to it.
 	recent     []Delivery
 	recentFrom uint64
-	recentMax  int
+	recentMax  int // messages; the byte bounds are in cache
+	// recentBuf is the array recent is a window of (len == cap): the oldest
+	// message is dropped by moving the window, and the live messages move
+	// back to the front only when the window reaches the end, so keeping
+	// the run costs no copy per message.
+	recentBuf []Delivery
+	// recentBytes is what the run holds, as counted in cache.used: each
+	// message's entryCost and the array.
+	recentBytes int64
+	cache       *recentCache
+	closed      bool // the hub let go of the room: keep nothing more
+}
+
+// recentCache bounds the bytes the rooms' recent runs hold, per room and on
+// the whole edge, so that large messages in many rooms cannot fill the heap
+// (a count bound alone let 256 messages of up to a MiB each stay in every
+// room). Per room, the run's own lock is enough; across rooms, used is one
+// atomic counter that a room reserves from before it keeps a message, so
+// the delivery path takes no lock of the hub or of another room.
+type recentCache struct {
+	perRoom int64
+	total   int64
+	used    *atomic.Int64 // the bytes all runs hold; the gauge reads it
+	// evictedRoom and evictedTotal count messages dropped from (or not
+	// kept in) a run because of the per-room or the total byte bound.
+	evictedRoom, evictedTotal func(float64)
+	// rooms lists the hub's rooms that keep recent messages, for reclaim.
+	rooms      func() []*room
+	reclaiming atomic.Bool
+}
+
+// entryCost is what keeping d costs beyond its slot in the run's array: the
+// frame's whole allocation (cap, not len: the cache keeps all of it alive)
+// and a fixed allowance for the allocator's rounding of it, which covers
+// frames up to 512 B (larger ones round up by less than a quarter).
+func entryCost(d Delivery) int64 { return int64(cap(d.Frame)) + entryOverhead }
+
+const (
+	entryOverhead = 64
+	// slotSize is one message's slot in a run's array.
+	slotSize = int64(unsafe.Sizeof(Delivery{}))
+	// minRecentSlots is the smallest array a run allocates.
+	minRecentSlots = 8
+	// Defaults of the byte bounds; see Config.RoomCacheBytes.
+	defaultRoomCacheBytes      = 256 << 10
+	defaultRoomCacheTotalBytes = 64 << 20
+)
+
+// reserve takes n bytes of the total bound (n <= 0 gives back), or reports
+// false, taking nothing, if that would exceed it.
+func (c *recentCache) reserve(n int64) bool {
+	if n <= 0 {
+		if n < 0 { // 0: a message replacing one of its size
+			c.used.Add(n)
+		}
+		return true
+	}
+	for {
+		cur := c.used.Load()
+		if cur+n > c.total {
+			return false
+		}
+		if c.used.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
+}
+
+// evicted counts messages dropped by the per-room and the total bound.
+func (c *recentCache) evicted(byRoom, byTotal int) {
+	if byRoom > 0 {
+		c.evictedRoom(float64(byRoom))
+	}
+	if byTotal > 0 {
+		c.evictedTotal(float64(byTotal))
+	}
+}
+
+// reclaim runs when a room had to drop its own messages (or not keep one)
+// to stay within the total bound: it brings the total down to 7/8 of the
+// bound so that the next messages fit without each room eating its own
+// history, taking the oldest messages of the rooms that hold the most
+// first (down to one level for all, max-min fair). Rooms with many large
+// messages, busy or idle, pay; small rooms keep theirs. One reclaim runs at
+// a time; a room that finds one running goes on, it already made room.
+// It takes each room's lock in turn and never two at once.
+func (c *recentCache) reclaim() {
+	if !c.reclaiming.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.reclaiming.Store(false)
+	if c.rooms == nil {
+		return
+	}
+	rooms := c.rooms()
+	sizes := make([]int64, len(rooms))
+	for i, r := range rooms {
+		sizes[i] = r.cachedBytes()
+	}
+	level, over := waterLevel(sizes, c.total-c.total/8)
+	if !over {
+		return
+	}
+	for i, r := range rooms {
+		if sizes[i] > level {
+			r.trimTo(level)
+		}
+	}
+}
+
+// waterLevel returns the largest level such that the sizes, each cut to
+// it, sum to at most budget, and whether they exceed budget at all.
+func waterLevel(sizes []int64, budget int64) (int64, bool) {
+	sorted := slices.Clone(sizes)
+	slices.Sort(sorted)
+	var below int64 // the sum of the sizes under the level
+	for i, s := range sorted {
+		rest := int64(len(sorted) - i)
+		if below+s*rest > budget {
+			return (budget - below) / rest, true
+		}
+		below += s
+	}
+	return 0, false
 }
 
 // member is one subscriber's state in a room. While syncing, deliveries are
@@ -52,8 +181,8 @@ type member struct {
 	overflow   bool
 }
 
-func newRoom(topic string, delivered func(int), repair func(string, uint64, uint64) []Delivery) *room {
-	return &room{topic: topic, subscribed: make(chan struct{}), index: make(map[subscriber]int), delivered: delivered, repair: repair}
+func newRoom(topic string, delivered func(int), repair func(string, uint64, uint64) []Delivery, cache *recentCache) *room {
+	return &room{topic: topic, subscribed: make(chan struct{}), index: make(map[subscriber]int), delivered: delivered, repair: repair, cache: cache}
 }
 
 func (r *room) add(s subscriber, maxPending int) {
@@ -164,12 +293,20 @@ func (r *room) fanoutRun(ds []Delivery, after uint64) {
 // fanout delivers d, whose predecessor among the room's stored messages is
 // pred (0: none stored).
 func (r *room) fanout(d Delivery, pred uint64) {
+	if r.fanoutLocked(d, pred) {
+		r.cache.reclaim() // after unlocking: it takes other rooms' locks
+	}
+}
+
+// fanoutLocked is fanout under the room's lock; it reports whether keeping
+// d ran into the edge's total bound.
+func (r *room) fanoutLocked(d Delivery, pred uint64) (squeezed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if d.Seq <= r.lastSeq {
-		return
+		return false
 	}
-	r.remember(d, pred)
+	squeezed = r.remember(d, pred)
 	r.lastSeq = d.Seq
 	r.known = true
 	n := 0
@@ -190,6 +327,7 @@ func (r *room) fanout(d Delivery, pred uint64) {
 		}
 	}
 	r.delivered(n)
+	return squeezed
 }
 
 // resync catches up after the live subscription was down (a NATS
@@ -213,27 +351,146 @@ func (r *room) resync(last func(topic string) (uint64, bool)) {
 }
 
 // remember adds d to the recent run, or starts a new run when d does not
-// follow its last message (a gap that could not be repaired).
-func (r *room) remember(d Delivery, pred uint64) {
-	if r.recentMax <= 0 {
-		return
+// follow its last message (a gap that could not be repaired). To stay
+// within the room's bounds (recentMax messages, cache.perRoom bytes) and the
+// edge's (cache.total bytes) it drops the run's oldest messages first; if d
+// alone does not fit, the run keeps nothing and restarts after d. It
+// reports whether the total bound made it drop anything: the caller then
+// reclaims from the other rooms.
+func (r *room) remember(d Delivery, pred uint64) (squeezed bool) {
+	if r.recentMax <= 0 || r.closed {
+		return false
 	}
+	var freed int64 // dropped from the run, not yet given back to cache.used
 	if n := len(r.recent); n == 0 || r.recent[n-1].Seq != pred {
-		clear(r.recent)
-		r.recent = r.recent[:0]
+		freed += r.dropRun()
 		r.recentFrom = pred
 		if pred == 0 { // nothing stored before d on this subject
 			r.recentFrom = d.Seq - 1
 		}
 	}
-	if len(r.recent) == 2*r.recentMax { // trim, amortised
-		drop := len(r.recent) - r.recentMax + 1
-		r.recentFrom = r.recent[drop-1].Seq
-		n := copy(r.recent, r.recent[drop:])
-		clear(r.recent[n:])
-		r.recent = r.recent[:n]
+	cost := entryCost(d)
+	var byRoom, byTotal int // messages dropped (or d not kept) by each bound
+	for {
+		if len(r.recent) < r.recentMax {
+			need := cost + int64(r.slotsAfterPush()-len(r.recentBuf))*slotSize
+			if r.recentBytes+need <= r.cache.perRoom {
+				// One atomic operation per message: what the run takes
+				// net of what it dropped for it.
+				if r.cache.reserve(need - freed) {
+					r.recentBytes += need
+					r.push(d)
+					r.cache.evicted(byRoom, byTotal)
+					return squeezed
+				}
+				squeezed = true
+				byTotal++
+			} else {
+				byRoom++
+			}
+		} // else: the count bound, the run's ordinary rolling
+		if len(r.recent) == 0 { // d alone does not fit
+			r.cache.reserve(-freed)
+			r.recentFrom = d.Seq
+			r.cache.evicted(byRoom, byTotal)
+			return squeezed
+		}
+		freed += r.dropOldest()
+	}
+}
+
+// slotsAfterPush is the length of the run's array once push has appended
+// one more message: the same array while the window has room at its end or
+// at least half of the array is free (push moves the run to its front),
+// else a new one of twice the run.
+func (r *room) slotsAfterPush() int {
+	live := len(r.recent)
+	if cap(r.recent) > live || (len(r.recentBuf) > 0 && 2*live <= len(r.recentBuf)) {
+		return len(r.recentBuf)
+	}
+	return max(2*live, minRecentSlots)
+}
+
+// push appends d to the run, with the array slotsAfterPush says.
+func (r *room) push(d Delivery) {
+	if live := len(r.recent); cap(r.recent) == live {
+		if len(r.recentBuf) > 0 && 2*live <= len(r.recentBuf) {
+			n := copy(r.recentBuf, r.recent)
+			clear(r.recentBuf[n:]) // the moved messages' old slots
+			r.recent = r.recentBuf[:n]
+		} else {
+			buf := make([]Delivery, max(2*live, minRecentSlots))
+			n := copy(buf, r.recent)
+			r.recentBuf, r.recent = buf, buf[:n]
+		}
 	}
 	r.recent = append(r.recent, d)
+}
+
+// dropOldest drops the run's oldest message, moving the run's start past
+// it, and returns the bytes that frees; the caller gives them back to
+// cache.used. The array goes with the last message, and shrinks when it is
+// four times the run, so that a run cut down by large messages (or by
+// reclaim) does not keep an array sized for the count bound.
+func (r *room) dropOldest() int64 {
+	d := r.recent[0]
+	r.recent[0] = Delivery{} // release the frame
+	r.recent = r.recent[1:]
+	r.recentFrom = d.Seq
+	freed := entryCost(d)
+	switch live, slots := len(r.recent), len(r.recentBuf); {
+	case live == 0:
+		freed += int64(slots) * slotSize
+		r.recent, r.recentBuf = nil, nil
+	case slots > minRecentSlots && 4*live <= slots:
+		buf := make([]Delivery, max(2*live, minRecentSlots))
+		copy(buf, r.recent)
+		freed += int64(slots-len(buf)) * slotSize
+		r.recentBuf, r.recent = buf, buf[:live]
+	}
+	r.recentBytes -= freed
+	return freed
+}
+
+// dropRun drops the whole run (not its start: the caller sets recentFrom)
+// and returns the bytes that frees.
+func (r *room) dropRun() int64 {
+	freed := r.recentBytes
+	r.recent, r.recentBuf, r.recentBytes = nil, nil, 0
+	return freed
+}
+
+// cachedBytes is what the room's run holds.
+func (r *room) cachedBytes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.recentBytes
+}
+
+// trimTo drops the run's oldest messages until it holds at most level
+// bytes (reclaim's share for it).
+func (r *room) trimTo(level int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var freed int64
+	n := 0
+	for r.recentBytes > level && len(r.recent) > 0 {
+		freed += r.dropOldest()
+		n++
+	}
+	r.cache.reserve(-freed)
+	r.cache.evicted(0, n)
+}
+
+// release drops the run for good when the hub closes the room, giving its
+// bytes back to the edge's bound; a delivery still in flight keeps nothing.
+func (r *room) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	if r.cache != nil {
+		r.cache.reserve(-r.dropRun())
+	}
 }
 
 // since returns the room's messages after seq since up to upTo from the

@@ -1,8 +1,11 @@
 package edge
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -26,7 +29,7 @@ func TestRoomGapRepairAndSeam(t *testing.T) {
 	r := newRoom("chat.room.x", func(int) {}, func(_ string, from, upTo uint64) []Delivery {
 		repaired = append(repaired, [2]uint64{from, upTo})
 		return []Delivery{{Seq: 3, Frame: []byte("3")}}
-	})
+	}, nil)
 	early, late := &recordingSub{}, &recordingSub{}
 	r.add(early, 10)
 	r.learn(0)
@@ -82,7 +85,7 @@ func TestRoomRecentMessages(t *testing.T) {
 	}
 	r := newRoom("chat.room.x", func(int) {}, func(_ string, from, upTo uint64) []Delivery {
 		return nil // the stream cannot fill any gap
-	})
+	}, newTestCache(1<<20, 1<<20).recentCache)
 	r.recentMax = 4
 	r.learn(10)
 	r.deliver(Delivery{Seq: 12, LastSeq: 10}) // follows the learned position
@@ -128,5 +131,320 @@ func TestRoomRecentMessages(t *testing.T) {
 	}
 	if got, ok := r.since(36, 39, 100); !ok || !slices.Equal(seqs(got), []uint64{37, 38, 39}) {
 		t.Fatalf("since 36: %v %v", seqs(got), ok)
+	}
+}
+
+// testCache is a recentCache with its own counters, as the hub builds it.
+type testCache struct {
+	*recentCache
+	used            atomic.Int64
+	byRoom, byTotal atomic.Int64
+}
+
+func newTestCache(perRoom, total int64) *testCache {
+	c := &testCache{}
+	c.recentCache = &recentCache{
+		perRoom: perRoom, total: total, used: &c.used,
+		evictedRoom:  func(n float64) { c.byRoom.Add(int64(n)) },
+		evictedTotal: func(n float64) { c.byTotal.Add(int64(n)) },
+	}
+	return c
+}
+
+// msgOf is a live delivery of seq after pred with a frame of size bytes.
+func msgOf(seq, pred uint64, size int) Delivery {
+	return Delivery{Seq: seq, LastSeq: pred, Frame: make([]byte, size)}
+}
+
+// checkRun fails unless r's recent run is hole-free up to the room's last
+// seq and its byte count is what it holds: each message chains to the one
+// before it (the first to recentFrom), the last is lastSeq, and
+// recentBytes is the frames' cost plus the array.
+func checkRun(t *testing.T, r *room) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	want := int64(len(r.recentBuf)) * slotSize
+	prev := r.recentFrom
+	for _, d := range r.recent {
+		if d.LastSeq != prev {
+			t.Fatalf("hole in the run: %d follows %d, its predecessor is %d", d.Seq, prev, d.LastSeq)
+		}
+		prev = d.Seq
+		want += entryCost(d)
+	}
+	if len(r.recent) > 0 && prev != r.lastSeq {
+		t.Fatalf("run ends at %d, room at %d", prev, r.lastSeq)
+	}
+	if r.recentBytes != want {
+		t.Fatalf("run counts %d bytes, holds %d", r.recentBytes, want)
+	}
+	if len(r.recent) > r.recentMax {
+		t.Fatalf("%d messages, bound %d", len(r.recent), r.recentMax)
+	}
+}
+
+// checkResumes fails unless every resume the run covers is served exactly
+// and every other one goes to the stream. stored is every message of the
+// room, oldest first.
+func checkResumes(t *testing.T, r *room, stored []uint64) {
+	t.Helper()
+	last := stored[len(stored)-1]
+	from := r.recentFrom
+	for i, since := range append([]uint64{0}, stored...) {
+		got, ok := r.since(since, last, 1<<20)
+		if since < from {
+			if ok {
+				t.Fatalf("since %d served though the run starts after %d", since, from)
+			}
+			continue
+		}
+		if since == last {
+			continue // the edge answers that without the run
+		}
+		if !ok {
+			t.Fatalf("since %d not served though the run starts after %d", since, from)
+		}
+		if want := stored[i:]; !slices.Equal(seqsOf(got), want) {
+			t.Fatalf("since %d: got %v, want %v", since, seqsOf(got), want)
+		}
+	}
+}
+
+func seqsOf(ds []Delivery) []uint64 {
+	out := []uint64{}
+	for _, d := range ds {
+		out = append(out, d.Seq)
+	}
+	return out
+}
+
+// A room's recent run never holds more than its byte bound, whatever the
+// mix of message sizes: it drops its oldest messages first, stays
+// hole-free, serves exactly the resumes it still covers and sends the
+// others to the stream. A message larger than the bound on its own is not
+// kept; the run restarts after it.
+func TestRoomCacheByteBound(t *testing.T) {
+	const perRoom = 64 << 10
+	c := newTestCache(perRoom, 1<<30)
+	r := newRoom("chat.room.x", func(int) {}, nil, c.recentCache)
+	r.recentMax = 256
+	rng := rand.New(rand.NewPCG(1, 2))
+	var stored []uint64
+	seq := uint64(0)
+	for i := range 2000 {
+		size := 100 + rng.IntN(400)
+		switch {
+		case i%97 == 0:
+			size = perRoom + 1 // alone over the bound
+		case i%5 == 0:
+			size = 2000 + rng.IntN(6000)
+		}
+		pred := seq
+		seq += 1 + uint64(rng.IntN(3)) // other subjects' messages between
+		r.deliver(msgOf(seq, pred, size))
+		stored = append(stored, seq)
+		if r.recentBytes > perRoom {
+			t.Fatalf("after %d: %d bytes cached, bound %d", seq, r.recentBytes, perRoom)
+		}
+		if got := c.used.Load(); got != r.recentBytes {
+			t.Fatalf("after %d: the edge counts %d bytes, the room holds %d", seq, got, r.recentBytes)
+		}
+		checkRun(t, r)
+		if i%10 == 0 || size > perRoom {
+			checkResumes(t, r, stored)
+		}
+		if size > perRoom && len(r.recent) != 0 {
+			t.Fatalf("kept a %d-byte message over the %d-byte bound", size, perRoom)
+		}
+	}
+	if c.byRoom.Load() == 0 {
+		t.Fatal("no evictions counted")
+	}
+	// Small messages again: once they have pushed the large ones out, the
+	// count bound rolls the run, and that is no eviction.
+	var before int64
+	for i := range 600 {
+		if i == 300 {
+			before = c.byRoom.Load()
+		}
+		pred := seq
+		seq++
+		r.deliver(msgOf(seq, pred, 10))
+		stored = append(stored, seq)
+	}
+	checkRun(t, r)
+	checkResumes(t, r, stored)
+	if len(r.recent) != r.recentMax || r.recentFrom != stored[len(stored)-r.recentMax-1] {
+		t.Fatalf("run of %d from %d, want the latest %d", len(r.recent), r.recentFrom, r.recentMax)
+	}
+	if got := c.byRoom.Load(); got != before {
+		t.Fatalf("%d evictions counted for the count bound's rolling", got-before)
+	}
+	// The array shrank back from what the large messages left.
+	if slots := len(r.recentBuf); slots > 2*r.recentMax {
+		t.Fatalf("array of %d slots for %d messages", slots, len(r.recent))
+	}
+	// "last" is served within the run and not beyond it.
+	if got, ok := r.latest(3, seq); !ok || !slices.Equal(seqsOf(got), stored[len(stored)-3:]) {
+		t.Fatalf("latest 3: %v %v", seqsOf(got), ok)
+	}
+	if _, ok := r.latest(r.recentMax+1, seq); ok {
+		t.Fatal("latest beyond the run served")
+	}
+	r.release()
+	if got := c.used.Load(); got != 0 || len(r.recent) != 0 {
+		t.Fatalf("released room still counts %d bytes, %d messages", got, len(r.recent))
+	}
+	r.deliver(msgOf(seq+1, seq, 10)) // in flight while the hub closed it
+	if got := c.used.Load(); got != 0 {
+		t.Fatalf("closed room kept %d bytes", got)
+	}
+}
+
+type nopSub struct{}
+
+func (nopSub) deliver([]byte) {}
+
+// Across many rooms the edge's total never exceeds its bound, even with
+// rooms delivering in parallel; a room over budget makes room by dropping
+// its own oldest messages and the reclaim then takes from the rooms that
+// hold the most, so a small room keeps all of its messages. Every run stays
+// hole-free, the counter is exactly what the runs hold, and it returns to 0
+// when the rooms close.
+func TestRoomCacheTotalBound(t *testing.T) {
+	const (
+		perRoom = 64 << 10
+		total   = 512 << 10
+		rooms   = 64
+	)
+	feed := &memFeed{delivers: map[string]func(Delivery){}}
+	h := NewHub(feed)
+	h.recent = 256
+	var used, byTotal atomic.Int64
+	h.limitCache(perRoom, total, &used, func(float64) {}, func(n float64) { byTotal.Add(int64(n)) })
+
+	type joined struct {
+		r      *room
+		stored []uint64
+	}
+	all := make([]*joined, rooms)
+	for i := range all {
+		r, err := h.Join(fmt.Sprintf("chat.room.r%d", i), nopSub{}, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.start(nopSub{}, 0)
+		all[i] = &joined{r: r}
+	}
+	// The small room: a few small messages, before and after the big ones.
+	small := all[0]
+	for i := range 3 {
+		seq := uint64(i + 1)
+		small.r.deliver(msgOf(seq, seq-1, 50))
+		small.stored = append(small.stored, seq)
+	}
+	// The hog: a room filled to its own bound, then idle. Only the reclaim
+	// can take from it once the busy rooms fill the total.
+	hog := all[1]
+	for seq := uint64(1); hog.r.cachedBytes() < perRoom-8<<10; seq++ {
+		hog.r.deliver(msgOf(seq, seq-1, 4000))
+		hog.stored = append(hog.stored, seq)
+	}
+
+	stop := make(chan struct{})
+	var maxSeen atomic.Int64
+	watcher := make(chan struct{})
+	go func() { // samples the counter while the rooms deliver
+		defer close(watcher)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if u := used.Load(); u > maxSeen.Load() {
+				maxSeen.Store(u)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for w := range 4 { // each worker owns some rooms: a room's feed is serial
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for range 300 {
+				for i := 2 + w; i < rooms; i += 4 {
+					j := all[i]
+					var pred uint64
+					if n := len(j.stored); n > 0 {
+						pred = j.stored[n-1]
+					}
+					seq := pred + 1
+					j.r.deliver(msgOf(seq, pred, 1000+rng.IntN(7000)))
+					j.stored = append(j.stored, seq)
+					if u := used.Load(); u > total {
+						t.Errorf("%d bytes cached, bound %d", u, total)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-watcher
+	if m := maxSeen.Load(); m > total {
+		t.Fatalf("the counter reached %d, bound %d", m, total)
+	}
+	if byTotal.Load() == 0 {
+		t.Fatal("the total bound never evicted")
+	}
+	var sum int64
+	for _, j := range all {
+		checkRun(t, j.r)
+		checkResumes(t, j.r, j.stored)
+		sum += j.r.cachedBytes()
+	}
+	if got := used.Load(); got != sum || got > total {
+		t.Fatalf("the edge counts %d bytes, the rooms hold %d (bound %d)", got, sum, total)
+	}
+	if got, ok := small.r.since(0, 3, 100); !ok || !slices.Equal(seqsOf(got), small.stored) {
+		t.Fatalf("the small room lost its messages to the large ones: %v %v", seqsOf(got), ok)
+	}
+	if got := hog.r.cachedBytes(); got > perRoom/4 {
+		t.Fatalf("the idle room still holds %d bytes of the %d-byte total", got, total)
+	}
+
+	for _, j := range all {
+		h.Leave(j.r, nopSub{}) // no linger: closes the room
+	}
+	if got := used.Load(); got != 0 {
+		t.Fatalf("%d bytes still counted after every room closed", got)
+	}
+	if n := h.Topics(); n != 0 {
+		t.Fatalf("%d topics still open", n)
+	}
+}
+
+func TestWaterLevel(t *testing.T) {
+	for _, tc := range []struct {
+		sizes  []int64
+		budget int64
+		level  int64
+		over   bool
+	}{
+		{[]int64{10, 20, 30}, 60, 0, false},
+		{[]int64{10, 20, 30}, 59, 29, true},
+		{[]int64{10, 20, 30}, 40, 15, true},
+		{[]int64{10, 20, 30}, 29, 9, true},
+		{[]int64{5, 100, 100, 100}, 95, 30, true},
+		{nil, 10, 0, false},
+	} {
+		level, over := waterLevel(tc.sizes, tc.budget)
+		if level != tc.level || over != tc.over {
+			t.Errorf("waterLevel(%v, %d) = %d %v, want %d %v", tc.sizes, tc.budget, level, over, tc.level, tc.over)
+		}
 	}
 }

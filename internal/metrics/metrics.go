@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -26,7 +27,7 @@ func Handler(reg *prometheus.Registry) http.Handler {
 // Edge is the edge's instrumentation.
 type Edge struct {
 	Connections      prometheus.Gauge
-	ConnectsTotal    *prometheus.CounterVec // result: ok, unauthorized, refused
+	ConnectsTotal    *prometheus.CounterVec // result: ok, unauthorized, refused, forbidden, user_limit, ip_limit
 	Disconnects      *prometheus.CounterVec // reason: client, slow_consumer, token_expired, shutdown, policy, error
 	Subscriptions    prometheus.Gauge       // client subscriptions to rooms
 	LiveSubjects     prometheus.Gauge       // NATS subscriptions held by this edge (one per room)
@@ -49,6 +50,23 @@ type Edge struct {
 	GapMessages        prometheus.Counter
 	GapsUnrepaired     prometheus.Counter
 	HistoryRequests    prometheus.Counter
+	// RoomCacheBytes is what the rooms' recent messages hold on this edge.
+	// The edge keeps the count itself (one atomic add per cached message,
+	// no float gauge on the delivery path); parley_edge_room_cache_bytes
+	// reads it at scrape time.
+	RoomCacheBytes atomic.Int64
+	// RoomCacheEvictions counts recent messages a room dropped (or did not
+	// keep) because of a byte bound, by bound: room or total.
+	RoomCacheEvictions *prometheus.CounterVec
+	// Panics counts recovered panics by where they happened (read, handle,
+	// write, dispatch, timer): each one closed one connection (1011) or
+	// dropped one live message, never the process.
+	Panics *prometheus.CounterVec
+	// ConnectedUsers and ConnectedAddrs count the distinct users and client
+	// addresses holding connections: what the per-user and per-IP limits
+	// are measured against.
+	ConnectedUsers prometheus.Gauge
+	ConnectedAddrs prometheus.Gauge
 }
 
 // NewEdge registers the edge's metrics on reg.
@@ -82,6 +100,16 @@ func NewEdge(reg prometheus.Registerer) *Edge {
 	m.GapMessages = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gap_messages_total", Help: "Messages read from the stream to repair live gaps."})
 	m.GapsUnrepaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gaps_unrepaired_total", Help: "Live gaps the stream could not fill."})
 	m.HistoryRequests = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_history_requests_total", Help: "history requests served."})
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "parley_edge_room_cache_bytes", Help: "Bytes held by the rooms' recent messages (frames, per-message overhead, arrays); at most --room-cache-total-bytes."},
+		func() float64 { return float64(m.RoomCacheBytes.Load()) }))
+	m.RoomCacheEvictions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_room_cache_evictions_total", Help: "Recent messages a room dropped from (or did not keep in) its cache because of a byte bound: room (--room-cache-bytes) or total (--room-cache-total-bytes)."}, []string{"bound"})
+	f(m.RoomCacheEvictions)
+	m.Panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_panics_total", Help: "Recovered panics by where they happened; each closed one connection or dropped one live message."}, []string{"where"})
+	f(m.Panics)
+	m.ConnectedUsers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_connected_users", Help: "Distinct users with at least one connection."})
+	m.ConnectedAddrs = prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_connected_addresses", Help: "Distinct client addresses (IPv6: /64 prefixes) with at least one connection."})
+	f(m.ConnectedUsers)
+	f(m.ConnectedAddrs)
 	for _, c := range []prometheus.Collector{m.Recoveries, m.Replayed, m.ReplayedFromMemory, m.RecoverySeconds, m.GapsRepaired, m.GapMessages, m.GapsUnrepaired, m.HistoryRequests, m.Connections, m.ConnectsTotal, m.Disconnects, m.Subscriptions, m.LiveSubjects,
 		m.FramesIn, m.FramesOut, m.BytesIn, m.BytesOut, m.Requests, m.PublishLatency, m.Deliveries, m.DroppedLive,
 		m.PublishesPending} {

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -76,22 +77,98 @@ func AppendMsg(dst []byte, m *Msg) []byte {
 	if len(m.Data) == 0 {
 		dst = append(dst, "null"...)
 	} else {
-		dst = appendCompact(dst, m.Data)
+		dst = appendData(dst, m.Data)
 	}
 	return append(dst, '}')
 }
 
-// appendCompact appends JSON without insignificant whitespace: a '\n' inside
-// a pushed object would break the newline-separated framing.
-func appendCompact(dst, raw []byte) []byte {
-	if bytes.IndexByte(raw, '\n') < 0 && bytes.IndexByte(raw, '\r') < 0 {
+// appendData appends a message's data, which must be valid JSON (as
+// DecodeEnvelope and encoding/json's RawMessage guarantee), in a form safe to
+// push: one line, valid UTF-8, no raw U+2028/U+2029. A backend's payload can
+// hold any bytes, and encoding/json accepts invalid UTF-8 inside strings, but
+// browsers fail the whole WebSocket connection on a text frame that is not
+// UTF-8. The common case (already safe) is checked without allocating and
+// copied as it is.
+func appendData(dst, raw []byte) []byte {
+	if pushSafe(raw) {
 		return append(dst, raw...)
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, raw); err != nil {
+	if !json.Valid(raw) {
+		// Not reachable through DecodeEnvelope; still never push broken JSON.
 		return AppendString(dst, string(raw))
 	}
-	return append(dst, buf.Bytes()...)
+	return appendSafeJSON(dst, raw)
+}
+
+// PushData is raw as a push carries it (see appendData). The archive stores
+// this form: history read from it is what the live push was, and a store
+// that refuses invalid UTF-8 (PostgreSQL's text and json types) takes it.
+func PushData(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || pushSafe(raw) {
+		return raw
+	}
+	return appendData(nil, raw)
+}
+
+// pushSafe reports whether valid JSON raw can be pushed as it is. A '\n' or
+// '\r' in valid JSON can only be whitespace between tokens, but it would
+// break the newline-separated framing.
+func pushSafe(raw []byte) bool {
+	if bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 || !utf8.Valid(raw) {
+		return false
+	}
+	// U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
+	for i := 0; ; {
+		j := bytes.IndexByte(raw[i:], 0xE2)
+		if j < 0 {
+			return true
+		}
+		i += j + 1
+		if i+1 < len(raw) && raw[i] == 0x80 && (raw[i+1] == 0xA8 || raw[i+1] == 0xA9) {
+			return false
+		}
+	}
+}
+
+// appendSafeJSON appends valid JSON raw without whitespace between tokens,
+// with each byte of an invalid UTF-8 sequence inside a string replaced by
+// \ufffd (as encoding/json does when it decodes such a string, so the value
+// reads the same) and U+2028/U+2029 escaped. In valid JSON, bytes of 0x80 and
+// above can only sit inside strings.
+func appendSafeJSON(dst, raw []byte) []byte {
+	dst = slices.Grow(dst, len(raw))
+	inString := false
+	start := 0 // raw[start:i] is still to be copied
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		switch {
+		case !inString && (c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+			dst = append(dst, raw[start:i]...)
+			i++
+			start = i
+		case c == '"':
+			inString = !inString
+			i++
+		case c == '\\' && inString:
+			i += 2 // the escaped byte is ASCII; \u's hex digits are copied as they come
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(raw[i:])
+			switch {
+			case r == utf8.RuneError && size == 1:
+				dst = append(dst, raw[start:i]...)
+				dst = append(dst, `\ufffd`...)
+				start = i + size
+			case r == '\u2028' || r == '\u2029':
+				dst = append(dst, raw[start:i]...)
+				dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+				start = i + size
+			}
+			i += size
+		}
+	}
+	return append(dst, raw[start:]...)
 }
 
 const hexDigits = "0123456789abcdef"

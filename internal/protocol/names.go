@@ -30,6 +30,8 @@ func ValidName(s string) bool {
 }
 
 // CheckName returns a bad_request error naming what is wrong with a name.
+// kind is the field's name, a constant of the caller's: it goes into the
+// message as it is, while s is quoted.
 func CheckName(kind, s string) error {
 	if ValidName(s) {
 		return nil
