@@ -143,8 +143,10 @@ func WithHeader(h http.Header) Option { return func(o *options) { o.header = h.C
 func WithDialer(d *websocket.Dialer) Option { return func(o *options) { o.dialer = d } }
 
 // WithMessageBuffer sets how many pushed messages wait for the application
-// (default 1024). When it is full the client stops reading the socket: the
-// edge sees a slow consumer and eventually disconnects it (close 4002).
+// (default 1024). When it is full the client stops reading the socket
+// (nothing is dropped): the edge sees a slow consumer and eventually
+// disconnects it (close 4002), except during a long resume's replay, which
+// waits for the client instead.
 func WithMessageBuffer(n int) Option { return func(o *options) { o.msgBuffer = max(n, 0) } }
 
 // WithReconnect makes the client redial after losing its connection and
@@ -748,7 +750,14 @@ func (c *Client) call(ctx context.Context, req protocol.Request, onReply func(pr
 type SubOption func(*protocol.Request)
 
 // Since resumes after seq: every stored message of the room after it is
-// replayed, then live messages follow.
+// replayed, then live messages follow. A long resume (thousands of
+// messages, say after a weekend offline) is streamed by the edge at the
+// pace the application reads Messages(): Subscribe returns with the reply
+// at once, and the replayed messages arrive on Messages() like any other.
+// Keep reading: an edge closes a connection whose socket accepts nothing
+// for its write timeout (10 s), and one whose replay the stream could not
+// finish (1013); with WithReconnect the client then resumes from the last
+// message it delivered, losing nothing.
 func Since(seq uint64) SubOption { return func(r *protocol.Request) { r.Since = &seq } }
 
 // Last asks for the room's n latest messages before live ones.

@@ -138,7 +138,8 @@ func (o *options) registerServe(fs *config.Flags) {
 	fs.IntVar(&c.MaxConnsPerIP, "max-connections-per-ip", c.MaxConnsPerIP, "refuse a client address's (IPv6: /64's) connections to this edge beyond this many with 429 (0: unlimited; behind a proxy it needs --trusted-proxies)")
 	fs.StringVar(&o.proxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of proxies whose X-Forwarded-For (client address) and X-Forwarded-Proto are believed")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "close a keep-alive HTTP connection idle this long (WebSockets have --read-timeout)")
-	fs.IntVar(&c.MaxRecover, "max-recover", c.MaxRecover, "messages replayed by one sub with since or last (and at most half of --max-queued-bytes)")
+	fs.IntVar(&c.MaxRecover, "max-recover", c.MaxRecover, "messages a sub with since reads at once with Direct Get and sends with its reply (within half of --max-queued-bytes); a longer resume streams through an ordered consumer, paced by the client; the most a sub with last returns")
+	fs.IntVar(&c.MaxReplays, "max-replays", c.MaxReplays, "long resumes (beyond --max-recover) replayed at once on this edge, one JetStream consumer each; more wait for a slot within the sub's 10 s deadline, then get unavailable")
 	fs.IntVar(&c.MaxHistory, "max-history", c.MaxHistory, "messages in one history reply")
 	fs.IntVar(&c.MaxHistoryBytes, "max-history-bytes", c.MaxHistoryBytes, "bytes of messages in one history reply")
 	fs.IntVar(&c.RoomCache, "room-cache", c.RoomCache, "latest messages kept per room to serve resumes without reading the stream; a room stays subscribed 30s after its last subscriber for that (0: none)")
@@ -156,6 +157,7 @@ func (o *options) registerServe(fs *config.Flags) {
 	fs.IntVar(&c.MaxInflightPublishes, "max-inflight-publishes", c.MaxInflightPublishes, "unacked publishes per connection")
 	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval, "WebSocket ping period (under --read-timeout)")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "close a connection silent for this long")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", c.ResyncInterval, "check every subscribed room against the stream this often for messages whose live republish was lost (leader changes and reconnects check at once); each check is one Direct Get per room")
 	fs.DurationVar(&c.MessageTimeout, "message-timeout", c.MessageTimeout, "close a connection whose client message takes longer than this to arrive whole (a trickled frame holds its buffer no longer)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "close a connection whose write blocks this long")
 	fs.DurationVar(&c.WriteDelay, "write-delay", 0, "collect pushes this long before each write: fewer syscalls at high fan-out, that much more latency (0: write at once)")
@@ -207,6 +209,7 @@ func (o *options) checkServe() error {
 		o.parseProxies(),
 		config.Positive("http-idle-timeout", c.HTTPIdleTimeout),
 		config.Positive("max-recover", c.MaxRecover),
+		config.Positive("max-replays", c.MaxReplays),
 		config.Positive("max-history", c.MaxHistory),
 		config.Positive("max-history-bytes", c.MaxHistoryBytes),
 		config.NotNegative("room-cache", c.RoomCache, "none"),
@@ -225,6 +228,7 @@ func (o *options) checkServe() error {
 		config.Positive("ping-interval", c.PingInterval),
 		config.Positive("read-timeout", c.ReadTimeout),
 		config.Positive("message-timeout", c.MessageTimeout),
+		config.Positive("resync-interval", c.ResyncInterval),
 		config.Positive("write-timeout", c.WriteTimeout),
 		config.NotNegative("write-delay", c.WriteDelay, "write at once"),
 		config.Positive("publish-timeout", c.PublishTimeout),

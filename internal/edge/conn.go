@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +33,15 @@ type Conn struct {
 
 	// rooms is touched only by the reader goroutine, and after it ends.
 	rooms map[string]*room
+	// replays are the long resumes of rooms (replay.go); same ownership
+	// as rooms. An entry stays until unsub or teardown stops it.
+	replays map[string]*replay
+	// life is cancelled when the connection must end (close): the context
+	// of work that outlives a request, such as a long resume. Made on first
+	// use (lifeCtx): most connections never need one.
+	lifeMu     sync.Mutex
+	life       context.Context
+	lifeCancel context.CancelFunc
 	// personal are the DM and broadcast topics every connection is in.
 	personal []*room
 
@@ -110,6 +120,11 @@ func (c *Conn) close(code int, text string) {
 		c.closeCode, c.closeText = code, text
 		c.out.close()
 		close(c.closing)
+		c.lifeMu.Lock()
+		if c.lifeCancel != nil {
+			c.lifeCancel()
+		}
+		c.lifeMu.Unlock()
 		c.wake() // a parked connection has no reader to see it
 		if code == protocol.CloseSlowConsumer {
 			// The writer is probably blocked on a full socket: cut that write
@@ -120,6 +135,21 @@ func (c *Conn) close(code int, text string) {
 			}
 		}
 	})
+}
+
+// lifeCtx is the connection's context, cancelled when it must end.
+func (c *Conn) lifeCtx() context.Context {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
+	if c.life == nil {
+		c.life, c.lifeCancel = context.WithCancel(context.Background())
+		select {
+		case <-c.closing: // closed before anyone asked
+			c.lifeCancel()
+		default:
+		}
+	}
+	return c.life
 }
 
 // serve starts the connection's life after the upgrade: pings, presence,
@@ -219,6 +249,12 @@ func (c *Conn) teardown() {
 		c.e.poller.forget(c)
 	}
 	c.fr.release()
+	// close cancelled the long resumes; wait for them, so that none
+	// outlives the connection and their consumers are deleted.
+	for _, rp := range c.replays {
+		rp.stop()
+	}
+	c.replays = nil
 	c.e.presence.disconnected(c)
 	for _, r := range c.rooms {
 		c.e.hub.Leave(r, c)
@@ -643,6 +679,8 @@ func closeReason(code int) string {
 		return "shutdown"
 	case protocol.ClosePolicyViolation:
 		return "policy"
+	case protocol.CloseTryAgainLater:
+		return "replay_failed"
 	case websocket.CloseNormalClosure:
 		return "client"
 	}

@@ -94,13 +94,22 @@ type Config struct {
 	PingInterval         time.Duration // WebSocket ping period
 	ReadTimeout          time.Duration // no frame or pong for this long ends the connection
 	MessageTimeout       time.Duration // a client message must arrive whole this long after its first header
-	WriteTimeout         time.Duration // one write may take this long
-	RequestTimeout       time.Duration // NATS requests made for a client request
-	PublishTimeout       time.Duration // wait for a JetStream ack
-	DrainTimeout         time.Duration // SIGTERM grace period
-	MaxRecover           int           // messages replayed by one sub with since/last
-	MaxHistory           int           // messages in one history reply
-	MaxHistoryBytes      int           // bytes of messages in one history reply
+	// ResyncInterval is how often every topic is checked against the
+	// stream for messages whose RePublish was lost (see resync.go); leader
+	// changes and reconnects trigger a check at once.
+	ResyncInterval time.Duration
+	WriteTimeout   time.Duration // one write may take this long
+	RequestTimeout time.Duration // NATS requests made for a client request
+	PublishTimeout time.Duration // wait for a JetStream ack
+	DrainTimeout   time.Duration // SIGTERM grace period
+	MaxRecover     int           // messages one sub with since/last reads in one go with Direct Get (the most one last replays)
+	// MaxReplays bounds the long resumes (more than MaxRecover messages, or
+	// more than half the queue in bytes) replayed at once on this edge,
+	// each through an ordered consumer; a sub beyond it waits for a slot
+	// (at most twice RequestTimeout, then unavailable).
+	MaxReplays      int
+	MaxHistory      int // messages in one history reply
+	MaxHistoryBytes int // bytes of messages in one history reply
 	// RoomCache is how many of each room's latest messages the edge keeps
 	// to serve resumes and "last" without reading the stream (0: none).
 	RoomCache int
@@ -149,11 +158,13 @@ func DefaultConfig() Config {
 		PingInterval:         25 * time.Second,
 		ReadTimeout:          60 * time.Second,
 		MessageTimeout:       10 * time.Second,
+		ResyncInterval:       30 * time.Second,
 		WriteTimeout:         10 * time.Second,
 		RequestTimeout:       5 * time.Second,
 		PublishTimeout:       5 * time.Second,
 		DrainTimeout:         20 * time.Second,
 		MaxRecover:           1000,
+		MaxReplays:           64,
 		MaxHistory:           500,
 		MaxHistoryBytes:      1 << 20,
 		RoomCache:            256,
@@ -182,6 +193,7 @@ func (c *Config) fillDefaults() {
 	setIf(&c.MaxInflightPublishes, d.MaxInflightPublishes)
 	setIf(&c.MaxStrikes, d.MaxStrikes)
 	setIf(&c.MaxRecover, d.MaxRecover)
+	setIf(&c.MaxReplays, d.MaxReplays)
 	setIf(&c.MaxHistory, d.MaxHistory)
 	setIf(&c.MaxHistoryBytes, d.MaxHistoryBytes)
 	setIf(&c.RoomCacheBytes, d.RoomCacheBytes)
@@ -205,6 +217,7 @@ func (c *Config) fillDefaults() {
 	setDur(&c.PingInterval, d.PingInterval)
 	setDur(&c.ReadTimeout, d.ReadTimeout)
 	setDur(&c.MessageTimeout, d.MessageTimeout)
+	setDur(&c.ResyncInterval, d.ResyncInterval)
 	setDur(&c.WriteTimeout, d.WriteTimeout)
 	setDur(&c.RequestTimeout, d.RequestTimeout)
 	setDur(&c.PublishTimeout, d.PublishTimeout)
@@ -233,13 +246,18 @@ type Edge struct {
 	metrics  *metrics.Edge
 	upgrader websocket.Upgrader
 
+	js     jetstream.JetStream
 	stream jetstream.Stream
 	reader *streamReader
-	feed   *natsFeed
+	// replaySlots holds a token per long resume being replayed (MaxReplays).
+	replaySlots chan struct{}
+	feed        *natsFeed
 	// poller holds idle connections without a goroutine (nil: not Linux).
 	poller *poller
 	hub    *Hub
 	pub    *publisher
+	// resync catches topics up with the stream after lost RePublishes.
+	resync *resyncer
 	// presence publishes this edge's presence events and join/leave pushes.
 	presence *presenceTracker
 
@@ -343,7 +361,8 @@ func (e *Edge) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("provision streams: %w", err)
 	}
-	e.stream = stream
+	e.js, e.stream = js, stream
+	e.replaySlots = make(chan struct{}, e.cfg.MaxReplays)
 	e.reader = &streamReader{nc: e.nc, stream: pjs.ChatStream, timeout: e.cfg.RequestTimeout}
 	e.feed = &natsFeed{
 		nc: e.nc, reader: e.reader, log: e.log,
@@ -371,17 +390,19 @@ func (e *Edge) Start(ctx context.Context) error {
 		delivered:   func(n int) { e.metrics.Deliveries.Add(float64(n)) },
 	}
 	// After a reconnect nats.go has resubscribed every live subject; what
-	// was stored while we were away is read from the stream.
+	// was stored while we were away is read from the stream. The same after
+	// a leader change of the stream, and every ResyncInterval.
+	e.resync = newResyncer(func(ctx context.Context) { e.hub.Resync(ctx, 8) }, e.cfg.ResyncInterval, 2*time.Second, e.log)
+	go e.resync.run()
+	if _, err := e.resync.watchLeader(e.nc); err != nil {
+		return fmt.Errorf("subscribe to stream leader advisories: %w", err)
+	}
 	prev := e.nc.Opts.ReconnectedCB
 	e.nc.SetReconnectHandler(func(nc *nats.Conn) {
 		if prev != nil {
 			prev(nc)
 		}
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			e.hub.Resync(ctx, 8)
-		}()
+		e.resync.event("nats reconnect")
 	})
 	if e.pub, err = newPublisher(e.nc, e.metrics, e.cfg.PublishTimeout, 65536, func(v any) {
 		e.recovered("ack", v, e.log)
@@ -484,6 +505,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	e.presence.close() // after the connections' leaves: bye is the last word
 	if derr := e.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
 		err = errors.Join(err, fmt.Errorf("drain nats: %w", derr))
+	}
+	if e.resync != nil {
+		e.resync.close()
 	}
 	if e.feed != nil {
 		e.feed.shards.stop() // every client is gone: nobody is owed a live message

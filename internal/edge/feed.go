@@ -191,13 +191,19 @@ func decodeLive(m *nats.Msg, t target) (Delivery, error) {
 	if t, err := time.Parse(time.RFC3339Nano, m.Header.Get(pjs.HeaderTime)); err == nil {
 		ts = t.UnixMilli()
 	}
-	env := protocol.DecodeEnvelope(m.Data)
+	return Delivery{Seq: seq, LastSeq: last, Frame: encodeStored(seq, ts, m.Data, m.Header, t)}, nil
+}
+
+// encodeStored is the push frame of a stored message, however it was read
+// (live, Direct Get, an ordered consumer): the same bytes for the same
+// message on every path.
+func encodeStored(seq uint64, ts int64, data []byte, h nats.Header, t target) []byte {
+	env := protocol.DecodeEnvelope(data)
 	msgID := env.MsgID
 	if msgID == "" {
-		msgID = m.Header.Get(jetstream.MsgIDHeader)
+		msgID = h.Get(jetstream.MsgIDHeader)
 	}
-	frame := protocol.AppendMsg(make([]byte, 0, len(m.Data)+96+len(t.room)), &protocol.Msg{
+	return protocol.AppendMsg(make([]byte, 0, len(data)+96+len(t.room)), &protocol.Msg{
 		Op: protocol.OpMsg, Room: t.room, To: t.to, Seq: seq, MsgID: msgID, From: env.From, TS: ts, Data: env.Data,
 	})
-	return Delivery{Seq: seq, LastSeq: last, Frame: frame}, nil
 }

@@ -1,6 +1,10 @@
 package edge
 
-import "sync"
+import (
+	"context"
+	"errors"
+	"sync"
+)
 
 // outbox is a connection's bounded outbound queue. Producers (room fan-out,
 // publish acks, replies) never block on it: when it is full the connection
@@ -22,7 +26,14 @@ type outbox struct {
 	ping     bool   // a WebSocket ping is due
 	start    func() // starts the writer (go c.writeLoop())
 	wake     chan struct{}
+	// space is closed (and cleared) when the writer takes the queue or the
+	// queue closes: a paced producer (a long replay, see waitRoom) waits on
+	// it instead of polling. Made only when someone waits.
+	space chan struct{}
 }
+
+// errOutboxClosed ends a paced producer: the connection is ending.
+var errOutboxClosed = errors.New("outbound queue closed")
 
 func newOutbox(maxMsgs, maxBytes int, start func()) *outbox {
 	return &outbox{maxMsgs: maxMsgs, maxBytes: maxBytes, start: start, wake: make(chan struct{}, 1)}
@@ -102,7 +113,48 @@ func (o *outbox) take(spare [][]byte) (out [][]byte, ping, empty, closed bool) {
 	o.frames = spare[:0]
 	o.bytes = 0
 	o.ping = false
+	o.signalSpaceLocked()
 	return out, ping, false, o.closed
+}
+
+// signalSpaceLocked wakes paced producers waiting for room.
+func (o *outbox) signalSpaceLocked() {
+	if o.space != nil {
+		close(o.space)
+		o.space = nil
+	}
+}
+
+// waitRoom blocks until the queue is at most half full, counting n more
+// bytes (or empty, so that a frame larger than half the byte bound still
+// goes out alone), and reports errOutboxClosed or ctx's error instead if
+// the connection or the caller ends first. A long replay calls it before
+// each push: it then fills at most half the queue, never overflows it, and
+// leaves the other half to live messages, replies and acks, which are
+// never held back. It is a wait on the writer, so a replay goes exactly as
+// fast as the client reads.
+func (o *outbox) waitRoom(ctx context.Context, n int) error {
+	for {
+		o.mu.Lock()
+		if o.closed {
+			o.mu.Unlock()
+			return errOutboxClosed
+		}
+		if len(o.frames) == 0 || (len(o.frames) < o.maxMsgs/2 && o.bytes+n <= o.maxBytes/2) {
+			o.mu.Unlock()
+			return nil
+		}
+		if o.space == nil {
+			o.space = make(chan struct{})
+		}
+		space := o.space
+		o.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // retire ends the writer if there is still nothing to do; false means work
@@ -122,5 +174,6 @@ func (o *outbox) retire() bool {
 func (o *outbox) close() {
 	o.mu.Lock()
 	o.closed = true
+	o.signalSpaceLocked()
 	o.kickLocked()
 }

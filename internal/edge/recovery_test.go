@@ -426,8 +426,9 @@ func TestResumeFromTheRoomsRecentMessages(t *testing.T) {
 }
 
 // Resumes and history pages larger than one Direct Get batch (256) read
-// every batch: the exact newest window, every missed message, and the
-// over-the-limit resume says so.
+// every batch: the exact newest window, every missed message; a resume
+// over --max-recover streams every message (replay.go), a last over it
+// gets the newest --max-recover.
 func TestLargeResumesAndHistoryPages(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.RoomCache = 0 }) // the stream, not the room's memory
@@ -486,7 +487,8 @@ func TestLargeResumesAndHistoryPages(t *testing.T) {
 	}{
 		{"since, 470 missed", client.Since(seqs[n-471]), seqs[n-470:], true},
 		{"last 600", client.Last(600), seqs[n-600:], true},
-		{"since 0, 1300 stored", client.Since(0), seqs[n-1000:], false},
+		{"since 0, 1300 stored", client.Since(0), seqs, true},
+		{"last 1300", client.Last(1300), seqs[n-1000:], true},
 	} {
 		c := dial(t, e, "resumer")
 		r, err := c.Subscribe(ctxT(t), "big", tc.opt)
@@ -501,10 +503,11 @@ func TestLargeResumesAndHistoryPages(t *testing.T) {
 	}
 }
 
-// A resume larger than half the connection's queue would get the client
-// closed as a slow consumer, again on every retry: the edge sends the
-// newest messages that fit, says recovered:false, and the connection goes
-// on with live messages. "last":0 is no last at all.
+// A replay larger than half the connection's queue, sent at once, would
+// get the client closed as a slow consumer, again on every retry. A resume
+// (since) is then replayed paced by the queue: all of it, recovered:true.
+// A last gets the newest messages that fit, says recovered:false. Either
+// way the connection goes on with live messages. "last":0 is no last at all.
 func TestResumeBoundedByTheQueue(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedBytes = 64 << 10 })
@@ -518,7 +521,19 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 		}
 		seqs = append(seqs, ack.Sequence)
 	}
-	for _, opt := range []client.SubOption{client.Since(0), client.Last(100)} {
+	c := dial(t, e, "resumer")
+	r, err := c.Subscribe(ctxT(t), "heavy", client.Since(0))
+	if err != nil || r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("resume of 100 × 2 KB with a 64 KiB queue: %+v %v", r, err)
+	}
+	equalSeqs(t, "paced resume", collect(t, c, len(seqs)), seqs)
+	if live := be.pub("heavy", 999); next(t, c).Seq != live {
+		t.Fatalf("after the paced resume, live seq %d did not follow", live)
+	} else {
+		seqs = append(seqs, live)
+	}
+	c.Close()
+	for _, opt := range []client.SubOption{client.Last(100)} {
 		c := dial(t, e, "heavy")
 		r, err := c.Subscribe(ctxT(t), "heavy", opt)
 		if err != nil {
@@ -560,8 +575,8 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 		t.Fatalf("after the history: %v", err)
 	}
 
-	c := dial(t, e, "zero")
-	r, err := c.Subscribe(ctxT(t), "heavy", client.Last(0))
+	c = dial(t, e, "zero")
+	r, err = c.Subscribe(ctxT(t), "heavy", client.Last(0))
 	if err != nil || r.Recovered != nil {
 		t.Fatalf("last 0: %+v %v, want a plain sub", r, err)
 	}

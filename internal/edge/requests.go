@@ -18,7 +18,10 @@ func dmTopic(user string) string { return pjs.DMSubject(user) }
 // work), find the room's position, replay what the client asked for from the
 // stream, reply, then release the live feed from the position on. Nothing
 // is lost or repeated at the seam: live messages at or below the position
-// are dropped, those above it were held back and follow the replay.
+// are dropped, those above it were held back and follow the replay. A long
+// resume (replay.go) is replayed after the reply from a goroutine of its
+// own, paced by the connection's queue, and releases the live feed when it
+// has caught up.
 func (c *Conn) subscribe(req *protocol.Request) error {
 	if err := protocol.CheckName("room", req.Room); err != nil {
 		return err
@@ -58,44 +61,60 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 		r.learn(seq)
 	}
 	reply := protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Seq: &seq}
-	var replay []Delivery
+	var plan *resumePlan
 	if req.Since != nil || req.Last != nil {
-		replay, err = c.recover(ctx, r, seq, req, &reply)
+		plan, err = c.recover(ctx, r, seq, req, &reply)
+		if err == nil && plan != nil && plan.long {
+			err = c.acquireReplay(ctx)
+		}
 		if err != nil {
 			c.e.metrics.Recoveries.WithLabelValues("failed").Inc()
 			c.e.hub.Leave(r, c)
 			return err
 		}
-		// A replay larger than the connection's queue could hold would
-		// close it as a slow consumer, and the client's resume would do
-		// the same again: keep the newest that fit in half the queue.
-		budget := c.e.cfg.MaxQueuedBytes / 2
-		if fit := newestWithin(replay, budget); len(fit) < len(replay) {
-			replay = fit
-			*reply.Recovered = false
-			reply.Reason = fmt.Sprintf("the messages asked for exceed %d bytes; the newest %d follow, read older ones with history", budget, len(replay))
+		if req.Last != nil && plan != nil {
+			// A replay larger than the connection's queue could hold would
+			// close it as a slow consumer, and the client's retry would do
+			// the same again: keep the newest that fit in half the queue.
+			budget := c.e.cfg.MaxQueuedBytes / 2
+			if fit := newestWithin(plan.msgs, budget); len(fit) < len(plan.msgs) {
+				plan.msgs = fit
+				*reply.Recovered = false
+				reply.Reason = fmt.Sprintf("the messages asked for exceed %d bytes; the newest %d follow, read older ones with history", budget, len(fit))
+			}
 		}
 		result := "recovered"
 		if !*reply.Recovered {
 			result = "not_recovered"
 		}
 		c.e.metrics.Recoveries.WithLabelValues(result).Inc()
-		c.e.metrics.Replayed.Add(float64(len(replay)))
 		c.e.metrics.RecoverySeconds.Observe(time.Since(began).Seconds())
 	}
-	frames := make([][]byte, 0, 1+len(replay))
 	b, err := json.Marshal(reply)
 	if err != nil {
+		if plan != nil && plan.long {
+			c.e.releaseReplay()
+		}
 		c.e.hub.Leave(r, c)
 		return fmt.Errorf("%w: %w", protocol.ErrInternal, err)
-	}
-	frames = append(frames, b)
-	for _, d := range replay {
-		frames = append(frames, d.Frame)
 	}
 	c.rooms[req.Room] = r
 	c.e.presence.joined(c, req.Room)
 	c.e.metrics.Subscriptions.Inc()
+	if plan != nil && plan.long {
+		// The reply first: the member is syncing, so nothing of the room
+		// reaches the connection before it.
+		c.deliver(b)
+		c.startReplay(r, req.Room, *req.Since, seq, plan)
+		return nil
+	}
+	frames := [][]byte{b}
+	if plan != nil {
+		for _, d := range plan.msgs {
+			frames = append(frames, d.Frame)
+		}
+		c.e.metrics.Replayed.Add(float64(len(plan.msgs)))
+	}
 	// Live messages after seq follow; but a client resuming from beyond it
 	// (it saw newer ones live on another edge) has those already.
 	floor := seq
@@ -108,9 +127,13 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	return nil
 }
 
-// recover reads what a resuming subscriber asked for, up to the room's
-// position upTo, and fills in the reply's recovered and reason.
-func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.Request, reply *protocol.Reply) ([]Delivery, error) {
+// recover plans what a resuming subscriber asked for, up to the room's
+// position upTo, and fills in the reply's recovered and reason. A plan of
+// at most MaxRecover messages within half the connection's queue (and every
+// last) is read whole and sent with the reply. A longer resume is long: what
+// was read (the archive's part, and the stream's up to the byte budget)
+// goes first, then the stream is read on through an ordered consumer.
+func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.Request, reply *protocol.Reply) (*resumePlan, error) {
 	topic := r.topic
 	recovered := true
 	reply.Recovered = &recovered
@@ -122,7 +145,7 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		}
 		if ds, ok := r.latest(n, upTo); ok {
 			c.e.metrics.ReplayedFromMemory.Add(float64(len(ds)))
-			return ds, nil
+			return &resumePlan{msgs: ds, complete: true}, nil
 		}
 		ds, err := c.e.reader.latest(ctx, topic, upTo+1, n, 0)
 		if err != nil {
@@ -133,7 +156,7 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 			recovered = false
 			reply.Reason = missing
 		}
-		return ds, nil
+		return &resumePlan{msgs: ds, complete: true}, nil
 	}
 	since := *req.Since
 	if since >= upTo {
@@ -153,22 +176,16 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		}
 		return nil, nil
 	}
+	// Sent with the reply, a replay lands in the connection's queue at once:
+	// beyond half of it, it goes paced instead.
+	budget := c.e.cfg.MaxQueuedBytes / 2
 	if ds, ok := r.since(since, upTo, max); ok {
 		c.e.metrics.ReplayedFromMemory.Add(float64(len(ds)))
-		return ds, nil
+		return &resumePlan{msgs: ds, complete: true, long: frameBytes(ds) > budget}, nil
 	}
 	replay, more, err := c.e.reader.readRange(ctx, topic, since+1, upTo, max)
 	if err != nil {
 		return nil, err
-	}
-	if more {
-		// Too much to replay on a sub: send the newest, say so.
-		if replay, err = c.e.reader.latest(ctx, topic, upTo+1, max, 0); err != nil {
-			return nil, err
-		}
-		recovered = false
-		reply.Reason = fmt.Sprintf("more than %d messages missed; the newest %d follow, read older ones with history", max, max)
-		return replay, nil
 	}
 	before := upTo + 1 // the oldest of the room's messages after since in the stream
 	if len(replay) > 0 {
@@ -178,18 +195,49 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 	if err != nil {
 		return nil, err
 	}
+	var older []Delivery // from the archive: what left the stream
 	if lost {
-		if ds, all, ok := c.recoverFromArchive(ctx, req.Room, since, upTo, replay, max); ok {
-			if !all {
-				recovered = false
-				reply.Reason = fmt.Sprintf("more than %d messages missed; the newest %d follow, read older ones with history", max, len(ds))
-			}
-			return ds, nil
+		ds, all, ok := c.recoverFromArchive(ctx, req.Room, since, before-1, nil, max)
+		switch {
+		case !ok:
+			recovered = false
+			reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
+		case !all:
+			recovered = false
+			reply.Reason = fmt.Sprintf("more than %d of the missed messages left the stream; the newest %d of those follow, then all the stream holds; read older ones with history", max, len(ds))
 		}
-		recovered = false
-		reply.Reason = fmt.Sprintf("the stream no longer holds every message after seq %d; what it still has follows", since)
+		older = ds
 	}
-	return replay, nil
+	plan := &resumePlan{complete: !more}
+	plan.long = more || len(older)+len(replay) > max || frameBytes(older)+frameBytes(replay) > budget
+	if plan.long {
+		// What waits for its turn in the replay stays within the budget:
+		// the rest of the stream's part is read again, through the consumer.
+		if kept := prefixWithin(replay, budget-frameBytes(older)); len(kept) < len(replay) {
+			replay, plan.complete = kept, false
+		}
+	}
+	plan.msgs = append(older, replay...)
+	return plan, nil
+}
+
+// frameBytes is the size of ds's frames.
+func frameBytes(ds []Delivery) int {
+	n := 0
+	for _, d := range ds {
+		n += len(d.Frame)
+	}
+	return n
+}
+
+// prefixWithin is the longest head of ds whose frames fit in budget bytes.
+func prefixWithin(ds []Delivery, budget int) []Delivery {
+	i := 0
+	for i < len(ds) && budget >= len(ds[i].Frame) {
+		budget -= len(ds[i].Frame)
+		i++
+	}
+	return ds[:i]
 }
 
 // newestWithin is the longest tail of ds whose frames fit in budget bytes.
@@ -235,6 +283,11 @@ func (c *Conn) unsubscribe(req *protocol.Request) error {
 	r, ok := c.rooms[req.Room]
 	if !ok {
 		return fmt.Errorf("%w: not subscribed to room %s", protocol.ErrNotFound, req.Room)
+	}
+	if rp := c.replays[req.Room]; rp != nil {
+		// Nothing of the room may follow the reply: end the replay first.
+		rp.stop()
+		delete(c.replays, req.Room)
 	}
 	delete(c.rooms, req.Room)
 	c.e.presence.left(c, req.Room)

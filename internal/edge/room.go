@@ -172,13 +172,35 @@ func waterLevel(sizes []int64, budget int64) (int64, bool) {
 // member is one subscriber's state in a room. While syncing, deliveries are
 // held in pending so the caller can reply first (and, for a resume, replay
 // the stream) without a gap or a duplicate at the seam.
+//
+// pending holds at most maxPending deliveries. When it is full its older
+// half is dropped and dropped records the newest sequence dropped: pending
+// then holds every delivery of the room after dropped, in order. A short
+// sync (start) that ends at or above dropped loses nothing; one that ends
+// below it cannot start (a slow consumer, as before). A long replay
+// (handover) instead reads on from the stream until it has passed dropped,
+// so a replay that outlasts maxPending live messages loses nothing and the
+// memory held for it stays bounded.
 type member struct {
 	s          subscriber
 	floor      uint64 // deliver only sequences above it
 	syncing    bool
 	pending    []Delivery
 	maxPending int
-	overflow   bool
+	dropped    uint64
+}
+
+// hold keeps d for a syncing member, dropping the older half of pending
+// when it is full.
+func (m *member) hold(d Delivery) {
+	if len(m.pending) >= m.maxPending {
+		k := max(len(m.pending)/2, 1)
+		m.dropped = m.pending[k-1].Seq
+		n := copy(m.pending, m.pending[k:])
+		clear(m.pending[n:]) // release the dropped frames
+		m.pending = m.pending[:n]
+	}
+	m.pending = append(m.pending, d)
 }
 
 func newRoom(topic string, delivered func(int), repair func(string, uint64, uint64) []Delivery, cache *recentCache) *room {
@@ -246,7 +268,7 @@ func (r *room) start(s subscriber, after uint64, frames ...[]byte) bool {
 		return false
 	}
 	m := r.members[i]
-	if m.overflow {
+	if m.dropped > after {
 		return false
 	}
 	for _, f := range frames {
@@ -261,6 +283,64 @@ func (r *room) start(s subscriber, after uint64, frames ...[]byte) bool {
 	m.floor = after
 	m.syncing = false
 	return true
+}
+
+// handoverState is what handover did.
+type handoverState int
+
+const (
+	handoverDone   handoverState = iota // s is live: the replay is over
+	handoverMore                        // a batch of pending went out; call again
+	handoverBehind                      // pending lost messages after through: read the stream first
+	handoverGone                        // s left the room
+)
+
+// handover ends a long replay that has delivered every message of the room
+// up to through (at least the position the sub replied with). The live
+// messages held for s meanwhile follow it: those after through, oldest
+// first, at most maxMsgs and maxBytes of them per call (at least one), so
+// that a replay that took long, with pending full, does not land thousands
+// of messages in the connection's queue at once. When what is left fits,
+// it goes out and s turns live in the same critical section as the room's
+// fan-out: nothing is delivered twice or skipped at the seam.
+//
+// It returns the new through (the last pending message sent) and, for
+// handoverBehind, pending's dropped mark: the replay must read the stream
+// up to it before it calls again.
+func (r *room) handover(s subscriber, through uint64, maxMsgs, maxBytes int) (handoverState, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i, ok := r.index[s]
+	if !ok {
+		return handoverGone, through
+	}
+	m := r.members[i]
+	if m.dropped > through {
+		return handoverBehind, m.dropped
+	}
+	k := 0 // pending[:k] is at or below through: the replay sent those
+	for k < len(m.pending) && m.pending[k].Seq <= through {
+		k++
+	}
+	n, size := k, 0
+	for n < len(m.pending) && (n == k || (n-k < maxMsgs && size+len(m.pending[n].Frame) <= maxBytes)) {
+		size += len(m.pending[n].Frame)
+		n++
+	}
+	for _, d := range m.pending[k:n] {
+		s.deliver(d.Frame)
+		through = d.Seq
+	}
+	if n == len(m.pending) {
+		m.pending = nil
+		m.floor = through
+		m.syncing = false
+		return handoverDone, through
+	}
+	rest := copy(m.pending, m.pending[n:])
+	clear(m.pending[rest:])
+	m.pending = m.pending[:rest]
+	return handoverMore, through
 }
 
 // deliver takes one live message from the feed. It runs on the feed's
@@ -313,14 +393,7 @@ func (r *room) fanoutLocked(d Delivery, pred uint64) (squeezed bool) {
 	for _, m := range r.members {
 		switch {
 		case m.syncing:
-			if len(m.pending) >= m.maxPending {
-				m.overflow = true
-				m.pending = nil
-				continue
-			}
-			if !m.overflow {
-				m.pending = append(m.pending, d)
-			}
+			m.hold(d)
 		case d.Seq > m.floor:
 			m.s.deliver(d.Frame)
 			n++

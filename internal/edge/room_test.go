@@ -448,3 +448,68 @@ func TestWaterLevel(t *testing.T) {
 		}
 	}
 }
+
+// A syncing member's pending is bounded: when full its older half goes and
+// the dropped mark says how far. A short sync ending below the mark cannot
+// start (a slow consumer); a long replay's handover sends what pending
+// holds after the replay, in batches, and reports the mark when the replay
+// must read the stream further first. Across it all every seq after the
+// replay's end arrives once, in order.
+func TestRoomPendingBoundAndHandover(t *testing.T) {
+	r := newRoom("chat.room.x", func(int) {}, nil, nil)
+	live := func(from, to uint64) {
+		for s := from; s <= to; s++ {
+			r.deliver(Delivery{Seq: s, LastSeq: s - 1, Frame: []byte(fmt.Sprint(s))})
+		}
+	}
+	r.learn(0)
+
+	short := &recordingSub{}
+	r.add(short, 4)
+	live(1, 5) // 1..4 fill pending, 5 drops 1 and 2
+	if r.start(short, 1) {
+		t.Fatal("a sync ending at seq 1 started although pending dropped seq 2")
+	}
+	r.remove(short)
+
+	long := &recordingSub{}
+	r.add(long, 8)
+	live(6, 20) // pending keeps a suffix: the mark is above 10
+	st, mark := r.handover(long, 10, 100, 1<<20)
+	if st != handoverBehind || mark <= 10 {
+		t.Fatalf("handover at 10: %v %d, want behind with a mark above 10", st, mark)
+	}
+	// The replay reads the stream up to the mark, then pending takes over,
+	// three messages per batch.
+	var got []string
+	for s := uint64(11); s <= mark; s++ {
+		got = append(got, fmt.Sprint(s))
+	}
+	through := mark
+	for {
+		st, t2 := r.handover(long, through, 3, 1<<20)
+		if st == handoverBehind || st == handoverGone {
+			t.Fatalf("handover at %d: %v", through, st)
+		}
+		if st == handoverMore && t2 <= through {
+			t.Fatalf("a batch that moved nothing: %d -> %d", through, t2)
+		}
+		through = t2
+		if st == handoverDone {
+			break
+		}
+		live(r.lastSeq+1, r.lastSeq+1) // live traffic between batches
+	}
+	live(r.lastSeq+1, r.lastSeq+2)
+	got = append(got, long.frames...)
+	var want []string
+	for s := uint64(11); s <= r.lastSeq; s++ {
+		want = append(want, fmt.Sprint(s))
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("across the seam got %v, want %v", got, want)
+	}
+	if st, _ := r.handover(&recordingSub{}, 0, 1, 1); st != handoverGone {
+		t.Fatalf("handover of a non-member: %v", st)
+	}
+}

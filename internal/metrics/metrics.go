@@ -28,7 +28,7 @@ func Handler(reg *prometheus.Registry) http.Handler {
 type Edge struct {
 	Connections      prometheus.Gauge
 	ConnectsTotal    *prometheus.CounterVec // result: ok, unauthorized, refused, forbidden, user_limit, ip_limit
-	Disconnects      *prometheus.CounterVec // reason: client, slow_consumer, token_expired, shutdown, policy, error
+	Disconnects      *prometheus.CounterVec // reason: client, slow_consumer, token_expired, shutdown, policy, replay_failed, error
 	Subscriptions    prometheus.Gauge       // client subscriptions to rooms
 	LiveSubjects     prometheus.Gauge       // NATS subscriptions held by this edge (one per room)
 	FramesIn         prometheus.Counter
@@ -45,11 +45,22 @@ type Edge struct {
 	// ReplayedFromMemory is the part of Replayed served from the rooms'
 	// recent messages, without reading the stream.
 	ReplayedFromMemory prometheus.Counter
-	RecoverySeconds    prometheus.Histogram
-	GapsRepaired       prometheus.Counter
-	GapMessages        prometheus.Counter
-	GapsUnrepaired     prometheus.Counter
-	HistoryRequests    prometheus.Counter
+	// ReplayedFromConsumer is the part of Replayed read through an ordered
+	// consumer by long resumes (more than --max-recover messages, or more
+	// than half the connection's queue in bytes).
+	ReplayedFromConsumer prometheus.Counter
+	// ReplaysActive counts long resumes being replayed (at most
+	// --max-replays); Replays counts them by how they ended: completed,
+	// cancelled (the client left or unsubscribed), failed (the stream
+	// stopped answering: closed with 1013), refused (no slot in time:
+	// unavailable).
+	ReplaysActive   prometheus.Gauge
+	Replays         *prometheus.CounterVec
+	RecoverySeconds prometheus.Histogram
+	GapsRepaired    prometheus.Counter
+	GapMessages     prometheus.Counter
+	GapsUnrepaired  prometheus.Counter
+	HistoryRequests prometheus.Counter
 	// RoomCacheBytes is what the rooms' recent messages hold on this edge.
 	// The edge keeps the count itself (one atomic add per cached message,
 	// no float gauge on the delivery path); parley_edge_room_cache_bytes
@@ -59,7 +70,7 @@ type Edge struct {
 	// keep) because of a byte bound, by bound: room or total.
 	RoomCacheEvictions *prometheus.CounterVec
 	// Panics counts recovered panics by where they happened (read, handle,
-	// write, dispatch, timer): each one closed one connection (1011) or
+	// write, dispatch, timer, replay): each one closed one connection (1011) or
 	// dropped one live message, never the process.
 	Panics *prometheus.CounterVec
 	// ConnectedUsers and ConnectedAddrs count the distinct users and client
@@ -95,6 +106,12 @@ func NewEdge(reg prometheus.Registerer) *Edge {
 	m.Recoveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_recoveries_total", Help: "Subscriptions with since/last by result."}, []string{"result"})
 	m.Replayed = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_replayed_messages_total", Help: "Messages replayed from the stream to resuming subscribers."})
 	m.ReplayedFromMemory = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_replayed_from_memory_total", Help: "Replayed messages served from the edge's recent messages of the room, without reading the stream."})
+	m.ReplayedFromConsumer = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_replayed_from_consumer_total", Help: "Replayed messages read through an ordered consumer by long resumes."})
+	m.ReplaysActive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_edge_replays_active", Help: "Long resumes being replayed, paced by their connection's queue (at most --max-replays)."})
+	m.Replays = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_edge_replays_total", Help: "Long resumes by how they ended: completed, cancelled, failed, refused."}, []string{"result"})
+	f(m.ReplayedFromConsumer)
+	f(m.ReplaysActive)
+	f(m.Replays)
 	m.RecoverySeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_edge_recovery_seconds", Help: "Time to serve a sub with since/last.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)})
 	m.GapsRepaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gaps_repaired_total", Help: "Gaps in the live feed repaired from the stream."})
 	m.GapMessages = prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_edge_gap_messages_total", Help: "Messages read from the stream to repair live gaps."})

@@ -126,6 +126,10 @@ const (
 	ClosePolicyViolation = 4004
 	// CloseTooLarge is the standard code for a frame above the hard limit.
 	CloseTooLarge = 1009
+	// CloseTryAgainLater (the standard 1013): a long resume's replay could
+	// not be finished (the stream stopped answering, or its retention
+	// removed messages being replayed); reconnect and resume with since.
+	CloseTryAgainLater = 1013
 )
 
 // Frame separator: a text frame carries one or more JSON objects separated by '\n'.
