@@ -10,6 +10,11 @@
 // with no server code at all, the bound under every fan-out figure.
 //
 //	go run ./cmd/loadgen floor --pairs 5000 --writers 1 --duration 5s
+//
+// "loadgen chaos" checks the delivery guarantees under faults instead, on a
+// mesh it starts itself (see docs/guarantees.md).
+//
+//	go run ./cmd/loadgen chaos --trials 1000
 package main
 
 import (
@@ -37,6 +42,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "chaos" {
+		if err := chaos(ctx, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen chaos:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		if err := floor(ctx, os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen floor:", err)
@@ -54,9 +66,21 @@ func run(ctx context.Context, args []string) error {
 	var s loadgen.Spec
 	var urls, procs, jsonOut string
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
-	fs.StringVar(&s.Scenario, "scenario", "idle", "idle, fanout, pubsub, publish or reconnect")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage:
+  loadgen [flags]        drive edges with one scenario from worker processes, then report
+                         latency percentiles, losses, duplicates and the servers' RSS and CPU
+  loadgen floor [flags]  measure this machine's loopback write rate instead (loadgen floor --help)
+  loadgen chaos [flags]  check the delivery guarantees under faults, on a mesh it starts itself
+                         (loadgen chaos --help)
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&s.Scenario, "scenario", "idle", "idle, fanout, pubsub, publish, reconnect or nats-publish (the plain-NATS ceiling of publish)")
 	fs.StringVar(&urls, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL(s), comma-separated")
-	fs.StringVar(&s.NATS, "nats", "nats://127.0.0.1:4222", "NATS URL of the backend publisher (fanout, reconnect)")
+	fs.StringVar(&s.NATS, "nats", "nats://127.0.0.1:4222", "NATS URL of the backend publisher (fanout, reconnect, nats-publish)")
 	fs.IntVar(&s.Conns, "conns", 1000, "connections in all")
 	fs.IntVar(&s.Workers, "workers", 2, "worker processes (each holds conns/workers sockets; keep it under ~19,000)")
 	fs.Float64Var(&s.Rate, "rate", 2000, "connections opened per second")
@@ -103,6 +127,15 @@ func floor(ctx context.Context, args []string) error {
 	var s loadgen.FloorSpec
 	var jsonOut string
 	fs := flag.NewFlagSet("loadgen floor", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage:
+  loadgen floor [flags]  loopback writes per second with no server code at all: the bound
+                         under every fan-out figure on this machine
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	fs.IntVar(&s.Pairs, "pairs", 5000, "loopback connections, two file descriptors each (keep 2×pairs under the open-file limit)")
 	fs.IntVar(&s.Writers, "writers", 1, "writer threads, each writing to its share of the connections in turn")
 	fs.IntVar(&s.Bytes, "bytes", 150, "bytes per write (about one pushed message)")

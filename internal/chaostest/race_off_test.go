@@ -1,0 +1,5 @@
+//go:build unix && !race
+
+package chaostest
+
+const raceEnabled = false
