@@ -361,6 +361,24 @@ func startEdgeWith(t *testing.T, url string, mutate func(*edge.Config), opts ...
 	return startEdgeOpts(t, url, mutate, opts)
 }
 
+// awaitAcks waits for each publish's ack, in order, and returns their
+// sequences.
+func awaitAcks(t *testing.T, futures []jetstream.PubAckFuture, within time.Duration) []uint64 {
+	t.Helper()
+	seqs := make([]uint64, 0, len(futures))
+	for _, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			seqs = append(seqs, ack.Sequence)
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-time.After(within):
+			t.Fatal("publish not acked")
+		}
+	}
+	return seqs
+}
+
 var metricLine = regexp.MustCompile(`(?m)^(\S+) ([0-9.e+-]+)$`)
 
 func metric(t *testing.T, e *edge.Edge, name string) float64 {
@@ -448,16 +466,7 @@ func TestLargeResumesAndHistoryPages(t *testing.T) {
 			}
 		}
 	}
-	for _, f := range futures {
-		select {
-		case ack := <-f.Ok():
-			seqs = append(seqs, ack.Sequence)
-		case err := <-f.Err():
-			t.Fatal(err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("publish not acked")
-		}
-	}
+	seqs = append(seqs, awaitAcks(t, futures, 10*time.Second)...)
 
 	c := dial(t, e, "reader")
 	for _, limit := range []int{129, 255, 256, 257, 300, 500} {

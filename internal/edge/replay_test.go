@@ -34,16 +34,7 @@ func publishMany(t *testing.T, js jetstream.JetStream, subject string, n, pad in
 			}
 			futures = append(futures, f)
 		}
-		for _, f := range futures {
-			select {
-			case ack := <-f.Ok():
-				seqs = append(seqs, ack.Sequence)
-			case err := <-f.Err():
-				t.Fatal(err)
-			case <-time.After(30 * time.Second):
-				t.Fatal("publish not acked")
-			}
-		}
+		seqs = append(seqs, awaitAcks(t, futures, 30*time.Second)...)
 	}
 	return seqs
 }
