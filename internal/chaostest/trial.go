@@ -95,6 +95,12 @@ func RunTrials(ctx context.Context, m *Mesh, cfg Config) (*Summary, error) {
 		began := time.Now()
 		res := runTrial(ctx, m, &cfg, i+1, kind, newRand(rng.Uint64()))
 		took := time.Since(began)
+		if ctx.Err() != nil {
+			// The run's deadline (or an interrupt) cut this trial short:
+			// it proves nothing either way, so it is not counted.
+			fmt.Fprintf(cfg.Out, "trial %d %s: cut short by the end of the run, not counted (%.1fs)\n", i+1, kind, took.Seconds())
+			return sum, ctx.Err()
+		}
 		herr := m.heal(ctx, 60*time.Second)
 		// A process that dies while the mesh heals (an edge that cannot
 		// start) counts against the trial that left the mesh so.
