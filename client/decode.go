@@ -3,7 +3,7 @@ package client
 import (
 	"errors"
 
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // errSlowPath sends a line to encoding/json: the fast decoder only handles

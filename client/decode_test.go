@@ -5,7 +5,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // The fast decoder agrees with encoding/json on everything the edge sends,

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // ArchiveConsumer is the durable pull consumer the archivers share: every

@@ -30,8 +30,8 @@ import (
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/natsrun"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 func main() { config.Main("edge", run) }

@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 var chatSubjects = []string{"chat.room.lobby", "chat.room.ops", "chat.dm.bob", "chat.broadcast"}

@@ -10,7 +10,7 @@ import (
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {

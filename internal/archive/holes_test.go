@@ -16,8 +16,8 @@ import (
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // Issue 18: a resume (sub with since) must never answer recovered:true and

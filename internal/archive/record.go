@@ -7,8 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // decode turns a stored chat message into a Record the way the edge turns it

@@ -9,8 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // HistoryRequest and HistoryResponse are the history service's wire types,

@@ -9,7 +9,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // Claims is the JWT body Parley reads. Token issuers and tests build tokens

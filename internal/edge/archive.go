@@ -9,8 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // The archive fallback: when the stream no longer holds what a history

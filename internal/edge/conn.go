@@ -17,7 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/parley-mesh/parley/internal/auth"
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // Conn is one WebSocket client: a reader (the HTTP handler's goroutine) that

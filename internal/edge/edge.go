@@ -30,8 +30,8 @@ import (
 
 	"github.com/parley-mesh/parley/internal/auth"
 	"github.com/parley-mesh/parley/internal/metrics"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // Config is everything an edge is told. Zero values take the defaults of

@@ -25,8 +25,8 @@ import (
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 var testSecret = []byte("test-secret-of-reasonable-length-0123456789")

@@ -13,8 +13,8 @@ import (
 
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // WebSocket opcodes, for frames the tests build by hand.

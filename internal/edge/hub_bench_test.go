@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // memFeed is an in-memory Feed: the benchmark calls the captured deliver

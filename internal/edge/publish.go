@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parley-mesh/parley/internal/metrics"
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // publisher turns client publishes into asynchronous JetStream publishes, so

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 const broadcastTopic = pjs.BroadcastSubject

@@ -18,7 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
 
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // The edge reads client frames itself (with gobwas/ws's frame primitives)

@@ -19,7 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/parley-mesh/parley/client"
-	"github.com/parley-mesh/parley/internal/protocol"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // Latencies are recorded in microseconds, 1 µs to 5 min, 3 significant digits.

@@ -20,8 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parley-mesh/parley/internal/metrics"
-	"github.com/parley-mesh/parley/internal/protocol"
 	pjs "github.com/parley-mesh/parley/jetstream"
+	"github.com/parley-mesh/parley/protocol"
 )
 
 // Config is everything a presence worker is told. Zero values take the
