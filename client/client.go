@@ -70,7 +70,12 @@ func (e *HandshakeError) Error() string {
 //   - "reconnected": a new connection is up and every room was resubscribed.
 //   - "lost": a resubscription came back recovered:false (Reason says why):
 //     messages of Room were lost to retention; read them with History.
-//   - "unsubscribed": a resubscription was refused (Reason); Room is gone.
+//   - "unsubscribed": a resubscription was refused, or the edge ended the
+//     subscription (a refreshed token no longer grants Room; Reason).
+//   - "expiring": the token expires soon; with WithTokenFunc the client
+//     refreshes it by itself (Refresh), else call Refresh.
+//   - "refresh_failed": that automatic refresh failed (Reason); the edge
+//     closes at exp and the reconnect asks the token function again.
 type Event struct {
 	Op     string
 	Room   string
@@ -259,7 +264,9 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	if h == nil {
 		h = http.Header{}
 	}
-	tok := c.opts.token
+	c.mu.Lock()
+	tok := c.opts.token // Refresh may have replaced it
+	c.mu.Unlock()
 	if c.opts.tokenFunc != nil {
 		t, err := c.opts.tokenFunc(ctx)
 		if err != nil {
@@ -575,6 +582,21 @@ func (c *Client) handle(line []byte) bool {
 	case protocol.OpJoin, protocol.OpLeave:
 		c.event(Event{Op: w.Op, Room: w.Room, User: w.User})
 		return true
+	case protocol.OpUnsubscribed:
+		// The edge ended the subscription (a refreshed token no longer
+		// grants the room): a reconnect must not subscribe it again.
+		c.mu.Lock()
+		delete(c.rooms, w.Room)
+		c.mu.Unlock()
+		c.event(Event{Op: w.Op, Room: w.Room, Reason: w.Reason})
+		return true
+	case protocol.OpExpiring:
+		if c.opts.tokenFunc != nil {
+			// Off the read loop: the refresh waits for a reply it reads.
+			go c.refreshFromFunc()
+		}
+		c.event(Event{Op: w.Op, Reason: w.Reason})
+		return true
 	}
 	return true // a push of a later protocol version: ignore
 }
@@ -813,6 +835,36 @@ func resetPosition(since uint64, r protocol.Reply) (uint64, bool) {
 }
 
 // Unsubscribe stops a room's messages.
+// Refresh replaces the connection's token without reconnecting: the same
+// user, new grants and expiry (rooms it no longer grants end with an
+// "unsubscribed" Event). With WithTokenFunc the client does this by itself
+// when the edge says the token is expiring. A token given here also serves
+// the next reconnect when there is no token function.
+func (c *Client) Refresh(ctx context.Context, token string) error {
+	if _, err := c.call(ctx, protocol.Request{Op: protocol.OpRefresh, Token: token}, nil); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.opts.token = token
+	c.mu.Unlock()
+	return nil
+}
+
+// refreshFromFunc refreshes with a token from the token function; a
+// failure is an Event (the edge closes with 4001 at exp, and the reconnect
+// asks the function again).
+func (c *Client) refreshFromFunc() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tok, err := c.opts.tokenFunc(ctx)
+	if err == nil {
+		err = c.Refresh(ctx, tok)
+	}
+	if err != nil && !errors.Is(err, ErrClosed) {
+		c.event(Event{Op: "refresh_failed", Reason: err.Error()})
+	}
+}
+
 func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 	_, err := c.call(ctx, protocol.Request{Op: protocol.OpUnsub, Room: room}, func(r protocol.Reply) {
 		if r.Error == nil || r.Error.Code == protocol.CodeNotFound {

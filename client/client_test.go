@@ -11,12 +11,9 @@ import (
 	"time"
 
 	"github.com/parley-mesh/parley/client"
-	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 )
-
-func startEdge(t *testing.T, url string) *edge.Edge { return edgetest.Start(t, url, nil) }
 
 // proxy forwards loopback TCP to an edge; kill drops every connection at
 // once and stops listening, as a crashed edge (or its host) would.
@@ -74,7 +71,7 @@ func (p *proxy) kill() {
 // once, in order.
 func TestReconnectResumesOnAnotherEdge(t *testing.T) {
 	srv := natstest.StartJetStream(t)
-	a, b := startEdge(t, srv.URL()), startEdge(t, srv.URL())
+	a, b := edgetest.Start(t, srv.URL(), nil), edgetest.Start(t, srv.URL(), nil)
 	pa := startProxy(t, a.Addr())
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -166,7 +163,7 @@ func TestReconnectResumesOnAnotherEdge(t *testing.T) {
 // every call says so.
 func TestClientEndsWithoutReconnect(t *testing.T) {
 	srv := natstest.StartJetStream(t)
-	e := startEdge(t, srv.URL())
+	e := edgetest.Start(t, srv.URL(), nil)
 	p := startProxy(t, e.Addr())
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

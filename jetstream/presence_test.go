@@ -1,7 +1,9 @@
 package jetstream_test
 
 import (
+	"encoding/binary"
 	"errors"
+	"hash/fnv"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,5 +48,51 @@ func TestProvisionPresenceIdempotentAndRefusesIncompatible(t *testing.T) {
 	}
 	if _, err := pjs.ProvisionPresence(ctx, other, pjs.DefaultPresenceOptions()); !errors.Is(err, pjs.ErrIncompatible) {
 		t.Fatalf("incompatible bucket: got %v", err)
+	}
+}
+
+// The digest is documented (docs/presence.md) so that anything speaking
+// the wire can compute it: FNV-1a 64 over room, 0x00, user, 0x00 and conns
+// as 8 bytes big-endian. Check the incremental form against the library's.
+func TestPresenceEntryHashIsDocumentedFNV(t *testing.T) {
+	for _, c := range []struct {
+		room, user string
+		conns      int
+	}{{"", "alice", 1}, {"lobby", "bob", 3}, {"r", "", 0}, {"lobby", "alice", 1 << 20}} {
+		h := fnv.New64a()
+		h.Write([]byte(c.room))
+		h.Write([]byte{0})
+		h.Write([]byte(c.user))
+		h.Write([]byte{0})
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(c.conns)))
+		if got, want := pjs.PresenceEntryHash(c.room, c.user, c.conns), h.Sum64(); got != want {
+			t.Errorf("PresenceEntryHash(%q, %q, %d) = %x, want %x", c.room, c.user, c.conns, got, want)
+		}
+	}
+	d := pjs.PresenceEntryHash("lobby", "bob", 3)
+	if back, err := pjs.ParsePresenceDigest(pjs.FormatPresenceDigest(d)); err != nil || back != d {
+		t.Fatalf("digest round trip: %x %v, want %x", back, err, d)
+	}
+	if s := pjs.FormatPresenceDigest(0); s != "0" {
+		t.Fatalf("empty digest %q, want \"0\"", s)
+	}
+}
+
+func TestPresenceRecordValidate(t *testing.T) {
+	ok := pjs.PresenceRecord{Room: "lobby", User: "bob", Conns: 2, Edges: map[string]pjs.PresenceEdgeConn{"e1": {Conns: 2}}}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid record: %v", err)
+	}
+	for name, r := range map[string]pjs.PresenceRecord{
+		"bad room":         {Room: "a.b", User: "bob", Conns: 1},
+		"bad user":         {User: "", Conns: 1},
+		"negative conns":   {User: "bob", Conns: -1},
+		"bad edge":         {User: "bob", Conns: 1, Edges: map[string]pjs.PresenceEdgeConn{"e*": {Conns: 1}}},
+		"edge with none":   {User: "bob", Conns: 1, Edges: map[string]pjs.PresenceEdgeConn{"e1": {}}},
+		"edge conns below": {User: "bob", Conns: 1, Edges: map[string]pjs.PresenceEdgeConn{"e1": {Conns: -3}}},
+	} {
+		if err := r.Validate(); err == nil {
+			t.Errorf("%s: %+v accepted", name, r)
+		}
 	}
 }

@@ -1,6 +1,9 @@
 // Package jetstream is the single declaration of every JetStream resource the
-// mesh uses (streams now; consumers and KV buckets as workers arrive) and the
-// idempotent code that provisions them.
+// mesh uses (the chat stream here, the archive consumer in archive.go, the
+// presence bucket in presence.go) and the idempotent code that provisions
+// them, beside the NATS wire types of the services built on them (the
+// archive's history requests, presence's events and queries), so that the
+// edge and the workers share them without importing each other.
 //
 // The subjects here are the contract backend services code against:
 //

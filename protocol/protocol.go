@@ -18,6 +18,9 @@ const (
 	OpHistory  = "history"
 	OpPresence = "presence"
 	OpPing     = "ping"
+	// OpRefresh replaces the connection's token (same user) without
+	// reconnecting: new grants and expiry take effect at once.
+	OpRefresh = "refresh"
 )
 
 // Ops the edge pushes.
@@ -25,7 +28,22 @@ const (
 	OpMsg   = "msg"
 	OpJoin  = "join"
 	OpLeave = "leave"
+	// OpExpiring tells a client its token expires soon (Notice.Expires):
+	// refresh now, or the connection closes with 4001 then.
+	OpExpiring = "expiring"
+	// OpUnsubscribed tells a client the edge ended one of its
+	// subscriptions (a refreshed token no longer grants the room).
+	OpUnsubscribed = "unsubscribed"
 )
+
+// Notice is a push about the connection itself rather than a room's
+// message: expiring, unsubscribed.
+type Notice struct {
+	Op      string `json:"op"`
+	Room    string `json:"room,omitempty"`    // unsubscribed: which room
+	Expires int64  `json:"expires,omitempty"` // expiring: the token's exp, Unix ms
+	Reason  string `json:"reason,omitempty"`
+}
 
 // Request is one JSON object a client sends. Pointer fields distinguish
 // "absent" from zero where the protocol gives zero a meaning.
@@ -40,6 +58,7 @@ type Request struct {
 	Data   json.RawMessage `json:"data,omitempty"`
 	Before uint64          `json:"before,omitempty"`
 	Limit  int             `json:"limit,omitempty"`
+	Token  string          `json:"token,omitempty"` // refresh
 }
 
 // Reply answers one request. OK and Error are mutually exclusive.
@@ -53,6 +72,7 @@ type Reply struct {
 	Reason    string            `json:"reason,omitempty"`
 	Msgs      []json.RawMessage `json:"msgs,omitzero"`
 	Users     []string          `json:"users,omitzero"`
+	Expires   int64             `json:"expires,omitempty"` // refresh: the new token's exp, Unix ms (0: none)
 	Error     *Error            `json:"error,omitempty"`
 }
 

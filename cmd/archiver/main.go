@@ -32,12 +32,11 @@ func main() {
 }
 
 type options struct {
-	archive   archive.Config
-	store     archive.StoreConfig
-	nats      config.NATS
-	listen    string
-	logLevel  string
-	logFormat string
+	archive archive.Config
+	store   archive.StoreConfig
+	nats    config.NATS
+	listen  string
+	log     config.Log
 }
 
 const synopsis = `Usage:
@@ -50,7 +49,7 @@ HTTP /metrics, /healthz and /readyz are served on --listen (default 127.0.0.1:80
 Exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or store configuration, 1 otherwise.`
 
 func parse(args []string, getenv func(string) string) (*options, error) {
-	o := &options{archive: archive.DefaultConfig()}
+	o := &options{archive: archive.DefaultConfig(), nats: config.NATS{Name: "parley-archiver"}}
 	fs := config.NewFlags("archiver", synopsis)
 	c := &o.archive
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8082", "HTTP address for /metrics, /healthz, /readyz")
@@ -65,15 +64,12 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.DurationVar(&c.RetryMax, "retry-max", c.RetryMax, "longest backoff while the store or NATS fails (at least 100ms, the first one)")
 	fs.StringVar(&c.HistorySubject, "history-subject", c.HistorySubject, `NATS subject of the history service ("-": serve none)`)
 	fs.IntVar(&c.HistoryMax, "history-max", c.HistoryMax, "most messages in one history reply")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "json", "json or text")
+	o.log.Register(fs.FlagSet)
 	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
-	if o.nats.URLs == "" {
-		return nil, config.Usagef("--nats is required (the dev mesh, `go run ./cmd/edge`, runs an archiver itself)")
-	}
 	return o, config.First(
+		o.nats.Require("the dev mesh, `go run ./cmd/edge`, runs an archiver itself"),
 		config.HostPort("listen", o.listen),
 		o.nats.Check(),
 		o.checkStore(),
@@ -84,7 +80,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		o.checkPairs(),
 		checkHistorySubject(c.HistorySubject),
 		config.Positive("history-max", c.HistoryMax),
-		checkLog(o.logLevel, o.logFormat),
+		o.log.SetLogger(&c.Logger),
 	)
 }
 
@@ -134,12 +130,6 @@ func checkHistorySubject(s string) error {
 	return nil
 }
 
-// checkLog checks --log-level and --log-format with the logger's own rules.
-func checkLog(level, format string) error {
-	_, err := config.NewLogger(level, format)
-	return err
-}
-
 // validSubject accepts dot-separated tokens of printable ASCII, no wildcards.
 func validSubject(s string) bool {
 	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
@@ -157,37 +147,23 @@ func validSubject(s string) bool {
 // run parses, connects, provisions the consumer and archives until ctx
 // ends. listening, when set (tests), is told the bound HTTP address.
 func run(ctx context.Context, args []string, getenv func(string) string, listening func(addr string)) error {
-	provisionOnly := len(args) > 0 && args[0] == "provision"
-	if provisionOnly {
-		args = args[1:]
-	}
+	provisionOnly, args := config.Subcommand(args, "provision")
 	o, err := parse(args, getenv)
 	if err != nil {
 		return err
 	}
-	log, err := config.NewLogger(o.logLevel, o.logFormat)
-	if err != nil {
-		return err
+	log := o.archive.Logger
+	if provisionOnly {
+		return o.nats.Provision(ctx, log, func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := pjs.ProvisionArchive(ctx, js, o.archive.Consumer)
+			return err
+		}, "stream", pjs.ChatStream, "consumer", pjs.ArchiveConsumer)
 	}
-	o.archive.Logger = log
-	o.nats.Name = "parley-archiver"
 	nc, err := o.nats.Connect(o.nats.URLs, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-
-	if provisionOnly {
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
-		if _, err := pjs.ProvisionArchive(ctx, js, o.archive.Consumer); err != nil {
-			return err
-		}
-		log.Info("provisioned", "stream", pjs.ChatStream, "consumer", pjs.ArchiveConsumer)
-		return nil
-	}
 
 	store, err := archive.Open(ctx, o.store)
 	if err != nil {

@@ -11,6 +11,8 @@ package main
 
 import (
 	"context"
+	"crypto"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,8 +20,10 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -30,6 +34,7 @@ import (
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/natsrun"
+	"github.com/parley-mesh/parley/internal/reload"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -45,8 +50,14 @@ type options struct {
 	jwtSecretFile string
 	jwtPublicKey  string
 	origins       string
-	logLevel      string
-	logFormat     string
+	// jwks configures --jwt-jwks-url and its refreshes; tlsCert and tlsKey
+	// are --tls-cert/--tls-key; reloadEvery is --reload-interval.
+	jwks            auth.JWKSConfig
+	tlsCert, tlsKey string
+	reloadEvery     time.Duration
+	keys            *auth.Keys          // the JWT keys in use (loadAuth)
+	cert            *reload.Certificate // the TLS certificate in use (loadTLS)
+	log             config.Log
 
 	// hosts and proxies are --allowed-hosts and --trusted-proxies as given.
 	hosts   string
@@ -54,6 +65,9 @@ type options struct {
 	// listenAny lets an insecure edge, or the dev mesh's unauthenticated
 	// NATS server, listen beyond loopback (--insecure-listen-any).
 	listenAny bool
+	// ui is --ui; uiGiven says it was given (flag or PARLEY_UI): without
+	// it the chat page is on in the dev mesh and off otherwise (ui.go).
+	ui, uiGiven bool
 }
 
 // edgeSynopsis and provisionSynopsis open --help.
@@ -74,7 +88,7 @@ const (
 // parse reads the command line and the environment and checks every flag.
 // provision parses the provision subcommand's flags: NATS, stream, logging.
 func parse(args []string, getenv func(string) string, provision bool) (*options, error) {
-	o := &options{edge: edge.DefaultConfig()}
+	o := &options{edge: edge.DefaultConfig(), nats: config.NATS{Name: "parley-edge"}}
 	c := &o.edge
 	name, synopsis := "edge", edgeSynopsis
 	if provision {
@@ -91,18 +105,18 @@ func parse(args []string, getenv func(string) string, provision bool) (*options,
 	fs.DurationVar(&c.Stream.MaxAge, "stream-max-age", c.Stream.MaxAge, "drop messages older than this (0: keep)")
 	fs.Int64Var(&c.Stream.MaxBytes, "stream-max-bytes", c.Stream.MaxBytes, "chat stream size bound (0: none)")
 	fs.Int64Var(&c.Stream.MaxMsgsPerSubject, "stream-max-msgs-per-subject", c.Stream.MaxMsgsPerSubject, "messages kept per room/user (0: no limit)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "json", "json or text")
+	o.log.Register(fs.FlagSet)
 	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { o.uiGiven = o.uiGiven || f.Name == "ui" })
 	if provision && o.nats.URLs == "" {
 		return nil, config.Usagef("provision needs --nats (the dev mesh's embedded server provisions itself at start)")
 	}
 	if err := config.First(
 		o.nats.Check(),
 		checkStream(c.Stream),
-		checkLog(o.logLevel, o.logFormat),
+		o.log.SetLogger(&c.Logger),
 	); err != nil {
 		return nil, err
 	}
@@ -122,8 +136,14 @@ func (o *options) registerServe(fs *config.Flags) {
 	fs.StringVar(&o.data, "data", "./data", "data directory of the embedded NATS server and the dev archiver (dev mode), relative to the working directory")
 	fs.BoolVar(&c.Insecure, "insecure", false, "accept ?user=NAME without a token (implied in dev mode without JWT keys)")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256/384/512 shared secret, at least 32 bytes (shorter: refused, or only a warning with --insecure)")
-	fs.StringVar(&o.jwtSecretFile, "jwt-secret-file", "", "file holding the HS256/384/512 shared secret (surrounding whitespace is trimmed)")
-	fs.StringVar(&o.jwtPublicKey, "jwt-public-key", "", "PEM file with the RS256/PS256/ES256/EdDSA public key (or certificate); with a secret too, tokens signed with either are accepted")
+	fs.StringVar(&o.jwtSecretFile, "jwt-secret-file", "", "file holding the HS256/384/512 shared secret, one per line (old and new during a rotation; surrounding whitespace is trimmed); re-read when it changes or on SIGHUP")
+	fs.StringVar(&o.jwtPublicKey, "jwt-public-key", "", "PEM file with the RS256/PS256/ES256/EdDSA public key(s) or certificate(s), several during a rotation; with a secret too, tokens signed with either are accepted")
+	fs.StringVar(&o.jwks.URL, "jwt-jwks-url", "", "JWKS endpoint of the identity provider (https://…/.well-known/jwks.json): keys chosen by the token's kid, refetched every --jwt-jwks-refresh and on an unknown kid")
+	fs.DurationVar(&o.jwks.Refresh, "jwt-jwks-refresh", 15*time.Minute, "refetch the JWKS this often (a failed fetch keeps the last good key set)")
+	fs.DurationVar(&o.jwks.MinRefresh, "jwt-jwks-min-refresh", time.Minute, "at most one extra JWKS fetch per this interval for tokens whose kid the set lacks")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain) file: serve wss:// and https:// on --listen (with --tls-key); re-read when it changes or on SIGHUP")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file of --tls-cert")
+	fs.DurationVar(&o.reloadEvery, "reload-interval", 10*time.Second, "check --jwt-secret-file, --jwt-public-key, --tls-cert and --tls-key for changes this often (0: only on SIGHUP)")
 	fs.StringVar(&c.Auth.Issuer, "jwt-issuer", "", "required iss claim")
 	fs.StringVar(&c.Auth.Audience, "jwt-audience", "", "required aud claim")
 	fs.DurationVar(&c.Auth.Leeway, "jwt-leeway", 5*time.Second, "clock skew allowed on exp/nbf")
@@ -133,6 +153,7 @@ func (o *options) registerServe(fs *config.Flags) {
 
 	fs.BoolVar(&c.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several edge processes share --listen")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ (do not expose publicly)")
+	fs.BoolVar(&o.ui, "ui", false, "serve the chat page at / (default: true in the dev mesh, without --nats; false otherwise)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "refuse connections beyond this many (0: unlimited)")
 	fs.IntVar(&c.MaxConnsPerUser, "max-connections-per-user", c.MaxConnsPerUser, "refuse a user's connections to this edge beyond this many with 429 (0: unlimited)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-connections-per-ip", c.MaxConnsPerIP, "refuse a client address's (IPv6: /64's) connections to this edge beyond this many with 429 (0: unlimited; behind a proxy it needs --trusted-proxies)")
@@ -185,12 +206,6 @@ func checkStream(s pjs.StreamOptions) error {
 	return nil
 }
 
-// checkLog checks --log-level and --log-format with the logger's own rules.
-func checkLog(level, format string) error {
-	_, err := config.NewLogger(level, format)
-	return err
-}
-
 // checkServe checks the serving edge's flags, in flag order, and turns the
 // list flags into the config. Each zero refused here would otherwise be
 // silently replaced by the default (edge.Config's zero values mean that).
@@ -201,6 +216,9 @@ func (o *options) checkServe() error {
 		config.HostPort("nats-listen", o.natsListen),
 		o.checkData(),
 		config.NotNegative("jwt-leeway", c.Auth.Leeway, "none"),
+		o.checkJWKS(),
+		o.checkTLS(),
+		config.NotNegative("reload-interval", o.reloadEvery, "only on SIGHUP"),
 		o.splitOrigins(),
 		o.splitHosts(),
 		config.NotNegative("max-connections", c.MaxConnections, "unlimited"),
@@ -328,31 +346,26 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 // runTo is run with the dev banner written to banner (tests read it).
 func runTo(ctx context.Context, args []string, getenv func(string) string, banner io.Writer) error {
-	provisionOnly := len(args) > 0 && args[0] == "provision"
-	if provisionOnly {
-		args = args[1:]
-	}
+	provisionOnly, args := config.Subcommand(args, "provision")
 	o, err := parse(args, getenv, provisionOnly)
 	if err != nil {
 		return err
 	}
-	log, err := config.NewLogger(o.logLevel, o.logFormat)
-	if err != nil {
-		return err
-	}
-	o.edge.Logger = log
-	o.nats.Name = "parley-edge"
+	log := o.edge.Logger
 	if provisionOnly {
 		return provision(ctx, o, log)
 	}
 	if err := o.loadAuth(log); err != nil {
 		return err
 	}
+	if err := o.loadTLS(); err != nil {
+		return err
+	}
 	if err := o.checkExposure(o.nats.URLs == ""); err != nil {
 		return err
 	}
 	if o.nats.URLs != "" && !o.edge.Auth.Enabled() && !o.edge.Insecure {
-		return config.Usagef("%w: set --jwt-secret/--jwt-public-key, or --insecure to accept ?user= (never in production)", edge.ErrNoAuth)
+		return config.Usagef("%w: set --jwt-secret/--jwt-public-key/--jwt-jwks-url, or --insecure to accept ?user= (never in production)", edge.ErrNoAuth)
 	}
 
 	var nc *nats.Conn
@@ -378,9 +391,28 @@ func runTo(ctx context.Context, args []string, getenv func(string) string, banne
 			log.Warn("insecure edge reachable beyond this machine (--insecure-listen-any)", "listen", o.edge.Listen)
 		}
 	}
+	// Reloads and JWKS refreshes stop with the edge, also when it fails.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jwks, err := o.startJWKS(ctx, log)
+	if err != nil {
+		return err
+	}
+	if err := o.mountUI(log); err != nil {
+		return err
+	}
 	e, err := edge.New(o.edge, nc)
 	if err != nil {
 		return err
+	}
+	if jwks != nil {
+		e.Registry().MustRegister(jwks)
+	}
+	if o.cert != nil {
+		e.Registry().MustRegister(o.cert)
+	}
+	if w := o.startReload(ctx, log); w != nil {
+		e.Registry().MustRegister(w)
 	}
 	return e.Run(ctx)
 }
@@ -388,20 +420,10 @@ func runTo(ctx context.Context, args []string, getenv func(string) string, banne
 // provision is `edge provision`: the chat stream, then exit. It serves no
 // client, so it needs no JWT key.
 func provision(ctx context.Context, o *options, log *slog.Logger) error {
-	nc, err := o.nats.Connect(o.nats.URLs, log)
-	if err != nil {
+	return o.nats.Provision(ctx, log, func(ctx context.Context, js jetstream.JetStream) error {
+		_, err := pjs.Provision(ctx, js, o.edge.Stream)
 		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err := pjs.Provision(ctx, js, o.edge.Stream); err != nil {
-		return err
-	}
-	log.Info("provisioned", "stream", pjs.ChatStream)
-	return nil
+	}, "stream", pjs.ChatStream)
 }
 
 // minSecretBytes is RFC 7518's floor for an HS256 key (3.2: a key of the
@@ -411,60 +433,197 @@ const minSecretBytes = 32
 
 // loadAuth reads the JWT key flags into the edge's auth config and checks
 // them now, so a bad key file is a usage error naming its flag rather than
-// a failure later in edge.New.
+// a failure later in edge.New. The keys go into o.keys, which reloads of
+// the key files (startReload) and the JWKS (startJWKS) update later.
 func (o *options) loadAuth(log *slog.Logger) error {
 	a := &o.edge.Auth
-	switch {
-	case o.jwtSecret != "" && o.jwtSecretFile != "":
+	if o.jwtSecret != "" && o.jwtSecretFile != "" {
 		return config.Usagef("give --jwt-secret or --jwt-secret-file, not both")
-	case o.jwtSecret != "":
-		a.HMACSecret = []byte(o.jwtSecret)
-	case o.jwtSecretFile != "":
-		b, err := config.ReadFileFlag("jwt-secret-file", o.jwtSecretFile)
-		if err != nil {
-			return err
-		}
-		a.HMACSecret = []byte(strings.TrimSpace(string(b)))
-		if len(a.HMACSecret) == 0 {
-			return config.Usagef("--jwt-secret-file %s is empty", o.jwtSecretFile)
-		}
 	}
-	if n := len(a.HMACSecret); n > 0 && n < minSecretBytes {
-		flagName := "--jwt-secret"
-		if o.jwtSecretFile != "" {
-			flagName = "--jwt-secret-file"
-		}
-		if !o.edge.Insecure {
-			return config.Usagef("%s: a secret of %d bytes is too short, give at least %d random bytes (openssl rand -base64 32): a short one can be guessed offline from any token", flagName, n, minSecretBytes)
-		}
-		log.Warn("weak JWT secret: tokens signed with it can be forged after an offline guess; allowed only because of --insecure",
-			"flag", flagName, "bytes", n, "want", minSecretBytes)
+	set, err := o.readKeys(log)
+	if err != nil {
+		return err
 	}
-	if o.jwtPublicKey != "" {
-		b, err := config.ReadFileFlag("jwt-public-key", o.jwtPublicKey)
-		if err != nil {
-			return err
-		}
-		a.PublicKeyPEM = b
-	}
-	if !a.Enabled() {
+	if set.Empty() && o.jwks.URL == "" {
 		return nil
 	}
+	o.keys = auth.NewKeys(set)
+	a.Keys = o.keys
 	v, err := auth.NewVerifier(*a)
 	if err != nil {
-		flagName := "--jwt-public-key"
-		if a.Leeway < 0 {
-			flagName = "--jwt-leeway"
-		}
-		return config.Usagef("%s: %w", flagName, err)
+		return config.Usagef("--jwt-leeway: %w", err)
 	}
-	if len(a.HMACSecret) > 0 && len(a.PublicKeyPEM) > 0 {
+	if len(set.Secrets) > 0 && (len(set.Public) > 0 || o.jwks.URL != "") {
 		// Both is meant for moving from one to the other: say so, so a
 		// forgotten secret does not stay a second way in.
 		log.Warn("JWT secret and public key both configured: tokens signed with either are accepted; drop the one being retired",
 			"algorithms", strings.Join(v.Algorithms(), ","))
 	}
 	return nil
+}
+
+// readKeys reads the secret and public key flags and files: at start (its
+// errors are usage errors naming the flag) and at every reload of the key
+// files (its errors are logged and the keys in use stay).
+func (o *options) readKeys(log *slog.Logger) (auth.KeySet, error) {
+	var secrets [][]byte
+	flagName := "--jwt-secret"
+	switch {
+	case o.jwtSecret != "":
+		secrets = [][]byte{[]byte(o.jwtSecret)}
+	case o.jwtSecretFile != "":
+		flagName = "--jwt-secret-file"
+		b, err := config.ReadFileFlag("jwt-secret-file", o.jwtSecretFile)
+		if err != nil {
+			return auth.KeySet{}, err
+		}
+		if secrets, err = auth.ParseSecrets(b); err != nil {
+			return auth.KeySet{}, config.Usagef("--jwt-secret-file %s: %w", o.jwtSecretFile, err)
+		}
+	}
+	for i, sec := range secrets {
+		if n := len(sec); n < minSecretBytes {
+			where := flagName
+			if len(secrets) > 1 {
+				where = fmt.Sprintf("%s (secret %d of %d)", flagName, i+1, len(secrets))
+			}
+			if !o.edge.Insecure {
+				return auth.KeySet{}, config.Usagef("%s: a secret of %d bytes is too short, give at least %d random bytes (openssl rand -base64 32): a short one can be guessed offline from any token", where, n, minSecretBytes)
+			}
+			log.Warn("weak JWT secret: tokens signed with it can be forged after an offline guess; allowed only because of --insecure",
+				"flag", where, "bytes", n, "want", minSecretBytes)
+		}
+	}
+	var pubs []crypto.PublicKey
+	if o.jwtPublicKey != "" {
+		b, err := config.ReadFileFlag("jwt-public-key", o.jwtPublicKey)
+		if err != nil {
+			return auth.KeySet{}, err
+		}
+		if pubs, err = auth.ParsePublicKeys(b); err != nil {
+			return auth.KeySet{}, config.Usagef("--jwt-public-key %s: %w", o.jwtPublicKey, err)
+		}
+	}
+	set, err := auth.NewKeySet(secrets, pubs)
+	if err != nil {
+		return auth.KeySet{}, config.Usagef("--jwt-public-key %s: %w", o.jwtPublicKey, err)
+	}
+	return set, nil
+}
+
+// checkJWKS checks --jwt-jwks-url and its intervals. Plain http:// is
+// accepted (an identity provider inside the cluster) but warned about at
+// start: whoever can change the answer can mint tokens.
+func (o *options) checkJWKS() error {
+	j := &o.jwks
+	if err := config.First(
+		config.Positive("jwt-jwks-refresh", j.Refresh),
+		config.Positive("jwt-jwks-min-refresh", j.MinRefresh),
+	); err != nil {
+		return err
+	}
+	if j.URL == "" {
+		return nil
+	}
+	u, err := url.Parse(j.URL)
+	switch {
+	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+		return config.Usagef("--jwt-jwks-url %q: want the http(s):// URL of the identity provider's JWKS, such as https://id.example.com/.well-known/jwks.json", j.URL)
+	case u.User != nil:
+		// The URL is logged and exported in errors: no credentials in it.
+		return config.Usagef("--jwt-jwks-url: no user or password in the URL (a JWKS is public)")
+	}
+	return nil
+}
+
+// checkTLS checks that --tls-cert and --tls-key come together; loadTLS
+// reads them.
+func (o *options) checkTLS() error {
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return config.Usagef("give --tls-cert and --tls-key together (the certificate and its private key)")
+	}
+	return nil
+}
+
+// loadTLS reads the certificate and key: a pair that cannot serve is a
+// usage error now, not a failed handshake for every client later.
+func (o *options) loadTLS() error {
+	if o.tlsCert == "" {
+		return nil
+	}
+	for _, f := range [][2]string{{"tls-cert", o.tlsCert}, {"tls-key", o.tlsKey}} {
+		if _, err := config.ReadFileFlag(f[0], f[1]); err != nil {
+			return err
+		}
+	}
+	cert, err := reload.LoadCertificate(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return config.Usagef("--tls-cert/--tls-key: %w", err)
+	}
+	o.cert = cert
+	o.edge.TLS = cert.TLSConfig()
+	return nil
+}
+
+// startJWKS fetches the JWKS (when configured) and adds it to the keys;
+// it refreshes until ctx ends.
+func (o *options) startJWKS(ctx context.Context, log *slog.Logger) (*auth.JWKS, error) {
+	if o.jwks.URL == "" {
+		return nil, nil
+	}
+	if u, _ := url.Parse(o.jwks.URL); u.Scheme == "http" && !isLoopbackAddr(net.JoinHostPort(u.Hostname(), "0")) {
+		log.Warn("JWKS fetched over plain http: whoever can alter the answer on the way can mint tokens; use https", "url", o.jwks.URL)
+	}
+	cfg := o.jwks
+	cfg.Logger = log
+	j, err := auth.NewJWKS(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	o.keys.SetJWKS(j)
+	return j, nil
+}
+
+// startReload re-reads the key and certificate files when they change
+// (every --reload-interval) and on SIGHUP, until ctx ends. It returns the
+// watcher (for its metrics), or nil when no file is configured: then
+// SIGHUP keeps its default meaning.
+func (o *options) startReload(ctx context.Context, log *slog.Logger) *reload.Watcher {
+	var targets []reload.Target
+	if files := nonEmpty(o.jwtSecretFile, o.jwtPublicKey); len(files) > 0 {
+		targets = append(targets, reload.Target{Name: "jwt_keys", Files: files, Load: func() error {
+			set, err := o.readKeys(log)
+			if err != nil {
+				return err
+			}
+			o.keys.Set(set)
+			return nil
+		}})
+	}
+	if o.cert != nil {
+		targets = append(targets, reload.Target{Name: "tls_cert", Files: o.cert.Files(), Load: o.cert.Reload})
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	w := reload.NewWatcher(o.reloadEvery, log, targets...)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		w.Run(ctx, hup)
+	}()
+	return w
+}
+
+func nonEmpty(s ...string) []string {
+	var out []string
+	for _, v := range s {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // checkExposure refuses, as a usage error, to put an insecure edge (anyone
@@ -545,21 +704,27 @@ func (o *options) startEmbedded(log *slog.Logger, w io.Writer) (*nats.Conn, *ser
 // The client it suggests installs with one command where Node is (npx).
 func (o *options) banner(w io.Writer, store, natsAddr string) {
 	addr := dialAddr(o.edge.Listen)
-	ws := fmt.Sprintf("ws://%s/ws?user=alice      (insecure dev mode: any ?user= is accepted; browser pages: this machine's, or --allowed-origins)", addr)
-	try := fmt.Sprintf("npx --yes wscat -c 'ws://%s/ws?user=alice'", addr)
+	// With --tls-cert the listener speaks only TLS: a ws:// URL would fail.
+	wsScheme, httpScheme := "ws", "http"
+	if o.edge.TLS != nil {
+		wsScheme, httpScheme = "wss", "https"
+	}
+	base := wsScheme + "://" + addr
+	ws := fmt.Sprintf("%s/ws?user=alice      (insecure dev mode: any ?user= is accepted; browser pages: this machine's, or --allowed-origins)", base)
+	try := fmt.Sprintf("npx --yes wscat -c '%s/ws?user=alice'", base)
 	switch {
 	case o.edge.Insecure && o.edge.Auth.Enabled():
-		ws = fmt.Sprintf("ws://%s/ws?user=alice      (insecure: any ?user= is accepted, and JWTs signed with the configured key)", addr)
+		ws = fmt.Sprintf("%s/ws?user=alice      (insecure: any ?user= is accepted, and JWTs signed with the configured key)", base)
 	case !o.edge.Insecure:
-		ws = fmt.Sprintf("ws://%s/ws?token=<JWT>     (JWT signed with the configured key required; ?user= is refused)", addr)
-		try = fmt.Sprintf("npx --yes wscat -H 'Authorization: Bearer <JWT>' -c 'ws://%s/ws'", addr)
+		ws = fmt.Sprintf("%s/ws?token=<JWT>     (JWT signed with the configured key required; ?user= is refused)", base)
+		try = fmt.Sprintf("npx --yes wscat -H 'Authorization: Bearer <JWT>' -c '%s/ws'", base)
 	}
 	fmt.Fprintf(w, `
 Parley dev mesh (embedded NATS with JetStream, data in %s)
   WebSocket:  %s
   NATS:       nats://%s               (backend services: publish to chat.room.<room>)
-  Metrics:    http://%s/metrics
-Try:  %s   then send {"id":1,"op":"sub","room":"lobby"}
+  Metrics:    %s://%s/metrics
+%sTry:  %s   then send {"id":1,"op":"sub","room":"lobby"}
 
-`, store, ws, natsAddr, addr, try)
+`, store, ws, natsAddr, httpScheme, addr, o.pageLine(httpScheme+"://"+addr), try)
 }

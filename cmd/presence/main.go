@@ -15,10 +15,9 @@ import (
 func main() { config.Main("presence", run) }
 
 type options struct {
-	presence  presence.Config
-	nats      config.NATS
-	logLevel  string
-	logFormat string
+	presence presence.Config
+	nats     config.NATS
+	log      config.Log
 }
 
 const synopsis = `Usage:
@@ -30,7 +29,7 @@ HTTP /metrics, /healthz and /readyz are served on --listen (default 127.0.0.1:80
 Exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line, 1 otherwise.`
 
 func parse(args []string, getenv func(string) string) (*options, error) {
-	o := &options{presence: presence.DefaultConfig()}
+	o := &options{presence: presence.DefaultConfig(), nats: config.NATS{Name: "parley-presence"}}
 	c := &o.presence
 	fs := config.NewFlags("presence", synopsis)
 	fs.StringVar(&c.Listen, "listen", c.Listen, "HTTP address for /metrics, /healthz, /readyz")
@@ -44,15 +43,12 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.IntVar(&c.MaxInflight, "max-inflight", c.MaxInflight, "KV writes awaiting their ack")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "wait this long for a KV write's ack")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "edge messages buffered before dropping (repaired by snapshot)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "json", "json or text")
+	o.log.Register(fs.FlagSet)
 	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
 	}
-	if o.nats.URLs == "" {
-		return nil, config.Usagef("--nats is required (the dev mesh runs presence inside `go run ./cmd/edge`)")
-	}
 	if err := config.First(
+		o.nats.Require("the dev mesh runs presence inside `go run ./cmd/edge`"),
 		config.HostPort("listen", c.Listen),
 		o.nats.Check(),
 		checkID(c.ID),
@@ -64,7 +60,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		config.Positive("max-inflight", c.MaxInflight),
 		config.Positive("write-timeout", c.WriteTimeout),
 		config.Positive("max-pending", c.MaxPending),
-		checkLog(o.logLevel, o.logFormat),
+		o.log.SetLogger(&c.Logger),
 	); err != nil {
 		return nil, err
 	}
@@ -83,24 +79,12 @@ func checkID(id string) error {
 	return nil
 }
 
-// checkLog checks --log-level and --log-format with the logger's own rules.
-func checkLog(level, format string) error {
-	_, err := config.NewLogger(level, format)
-	return err
-}
-
 func run(ctx context.Context, args []string, getenv func(string) string) error {
 	o, err := parse(args, getenv)
 	if err != nil {
 		return err
 	}
-	log, err := config.NewLogger(o.logLevel, o.logFormat)
-	if err != nil {
-		return err
-	}
-	o.presence.Logger = log
-	o.nats.Name = "parley-presence"
-	nc, err := o.nats.Connect(o.nats.URLs, log)
+	nc, err := o.nats.Connect(o.nats.URLs, o.presence.Logger)
 	if err != nil {
 		return err
 	}

@@ -107,6 +107,11 @@ type ServiceMonitor struct {
 			ScrapeTimeout     string `json:"scrapeTimeout"`
 			Relabelings       []any  `json:"relabelings"`
 			MetricRelabelings []any  `json:"metricRelabelings"`
+			Scheme            string `json:"scheme"`
+			TLSConfig         struct {
+				InsecureSkipVerify bool   `json:"insecureSkipVerify"`
+				ServerName         string `json:"serverName"`
+			} `json:"tlsConfig"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -648,10 +653,12 @@ func TestProductionValues(t *testing.T) {
 }
 
 // Authentication variants the production file does not use: inline JWT
-// secret (chart-created Secret), NATS user/password, token, nkey, mutual TLS.
+// secret (chart-created Secret) with a JWKS, NATS user/password, token,
+// nkey, mutual TLS; TLS on the edge pods.
 func authVariantValues() map[string]any {
 	return map[string]any{
-		"jwt": map[string]any{"secret": "s3cret-s3cret-s3cret-s3cret-s3cret", "issuer": "https://id.example.com", "audience": "parley"},
+		"jwt": map[string]any{"secret": "s3cret-s3cret-s3cret-s3cret-s3cret", "issuer": "https://id.example.com", "audience": "parley",
+			"jwksUrl": "https://id.example.com/.well-known/jwks.json"},
 		"nats": map[string]any{
 			"user":     "edge",
 			"password": map[string]any{"existingSecret": "nats-user", "key": "password"},
@@ -666,6 +673,7 @@ func authVariantValues() map[string]any {
 			"reusePort":           true,
 			"autoscaling":         map[string]any{"enabled": false},
 			"preStopSleepSeconds": 0,
+			"tls":                 map[string]any{"existingSecret": "edge-tls"},
 		},
 	}
 }
@@ -784,7 +792,8 @@ func TestTemplateRefusesUnsafeValues(t *testing.T) {
 }
 
 // flagsOf lists the flags a command registers, read from its source: calls
-// fs.String/Int/…/Var(&x, "name", …) and config.NATS.Register(fs).
+// fs.String/Int/…/Var(&x, "name", …), and Register(fs) on a field of type
+// config.NATS or config.Log (the flags every binary shares).
 func flagsOf(t *testing.T, dir string) (names []string, ok bool) {
 	t.Helper()
 	fset := token.NewFileSet()
@@ -811,8 +820,30 @@ func flagsOf(t *testing.T, dir string) (names []string, ok bool) {
 		"StringVar": 1, "BoolVar": 1, "IntVar": 1, "Int64Var": 1, "UintVar": 1, "Uint64Var": 1, "Float64Var": 1, "DurationVar": 1,
 		"Var": 1, "TextVar": 1,
 	}
+	// The types of the command's struct fields (nats: config.NATS), to
+	// know whose flags o.nats.Register(fs) adds.
+	fieldTypes := map[string]string{}
+	for _, f := range files {
+		ast.Inspect(f, func(n ast.Node) bool {
+			if st, ok := n.(*ast.StructType); ok {
+				for _, fl := range st.Fields.List {
+					if sel, ok := fl.Type.(*ast.SelectorExpr); ok {
+						if pkg, ok := sel.X.(*ast.Ident); ok {
+							for _, name := range fl.Names {
+								fieldTypes[name.Name] = pkg.Name + "." + sel.Sel.Name
+							}
+						}
+					}
+				}
+			}
+			return true
+		})
+	}
+	shared := map[string]func(*flag.FlagSet){
+		"config.NATS": func(fs *flag.FlagSet) { (&config.NATS{}).Register(fs) },
+		"config.Log":  func(fs *flag.FlagSet) { (&config.Log{}).Register(fs) },
+	}
 	seen := map[string]bool{}
-	natsRegistered := false
 	for _, f := range files {
 		ast.Inspect(f, func(n ast.Node) bool {
 			call, ok := n.(*ast.CallExpr)
@@ -824,7 +855,19 @@ func flagsOf(t *testing.T, dir string) (names []string, ok bool) {
 				return true
 			}
 			if sel.Sel.Name == "Register" && len(call.Args) == 1 {
-				natsRegistered = true // config.NATS.Register(fs)
+				recv, _ := sel.X.(*ast.SelectorExpr) // o.nats
+				var typ string
+				if recv != nil {
+					typ = fieldTypes[recv.Sel.Name]
+				}
+				register, ok := shared[typ]
+				if !ok {
+					t.Errorf("%s: Register(fs) on a %q: teach flagsOf which flags it adds", dir, typ)
+					return true
+				}
+				fs := flag.NewFlagSet("shared", flag.ContinueOnError)
+				register(fs)
+				fs.VisitAll(func(f *flag.Flag) { seen[f.Name] = true })
 				return true
 			}
 			i, ok := kinds[sel.Sel.Name]
@@ -838,11 +881,6 @@ func flagsOf(t *testing.T, dir string) (names []string, ok bool) {
 			}
 			return true
 		})
-	}
-	if natsRegistered {
-		fs := flag.NewFlagSet("nats", flag.ContinueOnError)
-		(&config.NATS{}).Register(fs)
-		fs.VisitAll(func(f *flag.Flag) { seen[f.Name] = true })
 	}
 	for n := range seen {
 		names = append(names, n)

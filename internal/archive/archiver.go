@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/metrics"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
@@ -59,28 +60,19 @@ func DefaultConfig() Config {
 
 func (c *Config) fillDefaults() {
 	d := DefaultConfig()
-	if c.Batch <= 0 {
-		c.Batch = d.Batch
-	}
+	config.Default(&c.Batch, d.Batch)
 	if c.Consumer.MaxBatch < c.Batch {
 		c.Consumer.MaxBatch = c.Batch
 	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	setDur(&c.FetchWait, d.FetchWait)
-	setDur(&c.RetryMin, d.RetryMin)
-	setDur(&c.RetryMax, d.RetryMax)
-	setDur(&c.InfoInterval, d.InfoInterval)
-	setDur(&c.QueryTimeout, d.QueryTimeout)
+	config.Default(&c.FetchWait, d.FetchWait)
+	config.Default(&c.RetryMin, d.RetryMin)
+	config.Default(&c.RetryMax, d.RetryMax)
+	config.Default(&c.InfoInterval, d.InfoInterval)
+	config.Default(&c.QueryTimeout, d.QueryTimeout)
 	if c.HistorySubject == "" {
 		c.HistorySubject = d.HistorySubject
 	}
-	if c.HistoryMax <= 0 {
-		c.HistoryMax = d.HistoryMax
-	}
+	config.Default(&c.HistoryMax, d.HistoryMax)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -119,14 +111,9 @@ func New(cfg Config, nc *nats.Conn, store Store) (*Archiver, error) {
 	}
 	a := &Archiver{cfg: cfg, log: cfg.Logger, nc: nc, store: store, registry: metrics.NewRegistry()}
 	a.metrics = NewMetrics(a.registry)
-	a.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	metrics.RegisterConnected(a.registry, prometheus.GaugeOpts{
 		Name: "parley_archiver_nats_connected", Help: "1 when the archiver is connected to NATS.",
-	}, func() float64 {
-		if nc.IsConnected() {
-			return 1
-		}
-		return 0
-	}))
+	}, nc.IsConnected)
 	return a, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
-	"time"
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
@@ -12,37 +11,6 @@ import (
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/protocol"
 )
-
-func startEdge(t *testing.T, url string, mutate func(*edge.Config)) *edge.Edge {
-	return edgetest.Start(t, url, mutate)
-}
-
-func dialEdge(t *testing.T, e *edge.Edge, user string) *client.Client {
-	t.Helper()
-	c, err := client.Dial(t.Context(), "ws://"+e.Addr()+"/ws", client.WithUser(user))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func nextMsgs(t *testing.T, c *client.Client, n int) []protocol.Msg {
-	t.Helper()
-	out := make([]protocol.Msg, 0, n)
-	for len(out) < n {
-		select {
-		case m, ok := <-c.Messages():
-			if !ok {
-				t.Fatalf("connection ended: %v", c.Err())
-			}
-			out = append(out, m)
-		case <-time.After(10 * time.Second):
-			t.Fatalf("got %d messages of %d", len(out), n)
-		}
-	}
-	return out
-}
 
 func sameMsgs(t *testing.T, what string, got, want []protocol.Msg) {
 	t.Helper()
@@ -65,10 +33,10 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	// No room cache: alice's live subscription would otherwise keep all 30
 	// in the edge's memory and serve the resumes from there.
-	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 5; c.RoomCache = 0 })
+	e := edgetest.Start(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 5; c.RoomCache = 0 })
 	arch := startArchiver(t, srv.URL(), store, nil, nil)
 
-	alice := dialEdge(t, e, "alice")
+	alice := edgetest.Dial(t, e, "alice")
 	ctx := t.Context()
 	if _, err := alice.Subscribe(ctx, "small"); err != nil {
 		t.Fatal(err)
@@ -83,7 +51,7 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 		}
 		waitArchived(t, m, store, int64(i+1))
 	}
-	live := nextMsgs(t, alice, 30)
+	live := edgetest.NextN(t, alice, 30)
 
 	history := func(c *client.Client, before uint64, limit int) []protocol.Msg {
 		t.Helper()
@@ -98,13 +66,13 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	sameMsgs(t, "default limit", history(alice, 0, 0), live)
 	sameMsgs(t, "within the stream", history(alice, live[28].Seq, 2), live[26:28])
 
-	dave := dialEdge(t, e, "dave")
+	dave := edgetest.Dial(t, e, "dave")
 	if r, err := dave.Subscribe(ctx, "small", client.Last(12)); err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("sub last 12: %+v %v", r, err)
 	}
-	sameMsgs(t, "last 12", nextMsgs(t, dave, 12), live[18:])
+	sameMsgs(t, "last 12", edgetest.NextN(t, dave, 12), live[18:])
 
-	bob := dialEdge(t, e, "bob")
+	bob := edgetest.Dial(t, e, "bob")
 	r, err := bob.Subscribe(ctx, "small", client.Since(live[2].Seq))
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +80,7 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	if r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("resume past retention with the archive: %+v", r)
 	}
-	sameMsgs(t, "resumed", nextMsgs(t, bob, 27), live[3:])
+	sameMsgs(t, "resumed", edgetest.NextN(t, bob, 27), live[3:])
 
 	// More of the missed messages left the stream (22) than the edge asks
 	// the archive for (--max-recover): the newest that many of those, then
@@ -120,12 +88,12 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	// a max under the stream's 5, that part is a long resume (paced,
 	// through a consumer): the same messages.
 	for _, max := range []int{20, 4} {
-		small := startEdge(t, srv.URL(), func(c *edge.Config) {
+		small := edgetest.Start(t, srv.URL(), func(c *edge.Config) {
 			c.Stream.MaxMsgsPerSubject = 5
 			c.RoomCache = 0
 			c.MaxRecover = max
 		})
-		erin := dialEdge(t, small, "erin")
+		erin := edgetest.Dial(t, small, "erin")
 		r, err := erin.Subscribe(ctx, "small", client.Since(live[2].Seq))
 		if err != nil {
 			t.Fatal(err)
@@ -133,7 +101,7 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 		if r.Recovered == nil || *r.Recovered || r.Reason != fmt.Sprintf("more than %d of the missed messages left the stream; the newest %d of those follow, then all the stream holds; read older ones with history", max, max) {
 			t.Fatalf("resume of 27 with max %d: %+v", max, r)
 		}
-		sameMsgs(t, fmt.Sprintf("the newest %d of the archive's, then the stream's", max), nextMsgs(t, erin, max+5), live[25-max:])
+		sameMsgs(t, fmt.Sprintf("the newest %d of the archive's, then the stream's", max), edgetest.NextN(t, erin, max+5), live[25-max:])
 	}
 
 	// No archiver: the stream's 5 and recovered:false, as before.
@@ -141,7 +109,7 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameMsgs(t, "no archive", history(alice, 0, 20), live[25:])
-	carol := dialEdge(t, e, "carol")
+	carol := edgetest.Dial(t, e, "carol")
 	r, err = carol.Subscribe(ctx, "small", client.Since(live[2].Seq))
 	if err != nil {
 		t.Fatal(err)
@@ -149,5 +117,5 @@ func TestHistoryPastRetentionThroughEdge(t *testing.T) {
 	if r.Recovered == nil || *r.Recovered {
 		t.Fatalf("resume past retention without an archive: %+v", r)
 	}
-	sameMsgs(t, "what the stream has", nextMsgs(t, carol, 5), live[25:])
+	sameMsgs(t, "what the stream has", edgetest.NextN(t, carol, 5), live[25:])
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
@@ -43,7 +44,7 @@ type holeMesh struct {
 func newHoleMesh(t *testing.T, mutate func(*edge.Config)) *holeMesh {
 	t.Helper()
 	h := &holeMesh{t: t, srv: natstest.StartJetStream(t), path: filepath.Join(t.TempDir(), "archive.db")}
-	h.edge = startEdge(t, h.srv.URL(), func(c *edge.Config) {
+	h.edge = edgetest.Start(t, h.srv.URL(), func(c *edge.Config) {
 		c.RoomCache = 0
 		if mutate != nil {
 			mutate(c)
@@ -120,7 +121,7 @@ func (h *holeMesh) stored(seqs []uint64) []uint64 {
 // and the client hands out messages before the replies that follow them).
 func (h *holeMesh) sub(room string, opt client.SubOption) (client.SubResult, []uint64) {
 	h.t.Helper()
-	c := dialEdge(h.t, h.edge, "reader")
+	c := edgetest.Dial(h.t, h.edge, "reader")
 	defer c.Close()
 	ctx := h.t.Context()
 	r, err := c.Subscribe(ctx, room, opt)
@@ -151,7 +152,7 @@ func (h *holeMesh) sub(room string, opt client.SubOption) (client.SubResult, []u
 
 func (h *holeMesh) history(room string, before uint64, limit int) (string, []uint64) {
 	h.t.Helper()
-	c := dialEdge(h.t, h.edge, "historian")
+	c := edgetest.Dial(h.t, h.edge, "historian")
 	defer c.Close()
 	r, err := c.Request(h.t.Context(), protocol.Request{Op: protocol.OpHistory, Room: room, Before: before, Limit: limit})
 	if err != nil {

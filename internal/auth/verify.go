@@ -6,8 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -55,26 +53,27 @@ func invalid(reason string, cause error) error {
 
 // Config selects which tokens a Verifier accepts.
 type Config struct {
-	HMACSecret   []byte        // enables HS256/HS384/HS512
-	PublicKeyPEM []byte        // enables RS*/PS* (RSA), EdDSA (Ed25519) or ES* (ECDSA, the one matching the curve); PEM "PUBLIC KEY", "RSA PUBLIC KEY" or "CERTIFICATE"
-	Issuer       string        // if set, `iss` must equal it
-	Audience     string        // if set, `aud` must contain it
-	Leeway       time.Duration // clock skew allowed on exp/nbf/iat
+	HMACSecret   []byte // enables HS256/HS384/HS512
+	PublicKeyPEM []byte // enables RS*/PS* (RSA), EdDSA (Ed25519) or ES* (ECDSA, the one matching the curve); PEM "PUBLIC KEY", "RSA PUBLIC KEY" or "CERTIFICATE" blocks, several for a rotation
+	// Keys, instead of the two above, are keys that change while the edge
+	// runs: key files re-read, a JWKS endpoint.
+	Keys     *Keys
+	Issuer   string        // if set, `iss` must equal it
+	Audience string        // if set, `aud` must contain it
+	Leeway   time.Duration // clock skew allowed on exp/nbf/iat
 }
 
 // Enabled reports whether token authentication is configured at all; when
 // it is not, the edge either refuses to start or runs in dev mode.
 func (c Config) Enabled() bool {
-	return len(c.HMACSecret) > 0 || len(c.PublicKeyPEM) > 0
+	return len(c.HMACSecret) > 0 || len(c.PublicKeyPEM) > 0 || c.Keys != nil
 }
 
-// Verifier checks tokens. It is immutable after NewVerifier and safe for
-// concurrent use.
+// Verifier checks tokens. It is safe for concurrent use; its keys change
+// only through Config.Keys.
 type Verifier struct {
-	secret  []byte
-	pub     crypto.PublicKey
-	methods []string
-	parser  *jwt.Parser
+	keys *Keys
+	opts []jwt.ParserOption
 
 	// Kept only to name a missing claim in error reasons.
 	issuer, audience string
@@ -88,48 +87,47 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if cfg.Leeway < 0 {
 		return nil, fmt.Errorf("auth: leeway must not be negative, got %v", cfg.Leeway)
 	}
-	v := &Verifier{issuer: cfg.Issuer, audience: cfg.Audience}
-	if len(cfg.HMACSecret) > 0 {
-		// Copy so a caller reusing its buffer cannot change the key under us.
-		v.secret = slices.Clone(cfg.HMACSecret)
-		v.methods = append(v.methods, "HS256", "HS384", "HS512")
+	v := &Verifier{keys: cfg.Keys, issuer: cfg.Issuer, audience: cfg.Audience}
+	if v.keys != nil && (len(cfg.HMACSecret) > 0 || len(cfg.PublicKeyPEM) > 0) {
+		return nil, errors.New("auth: give Keys or a secret and public key, not both")
 	}
-	if len(cfg.PublicKeyPEM) > 0 {
-		pub, err := parsePublicKeyPEM(cfg.PublicKeyPEM)
+	if v.keys == nil {
+		var (
+			secrets [][]byte
+			pubs    []crypto.PublicKey
+		)
+		if len(cfg.HMACSecret) > 0 {
+			secrets = [][]byte{cfg.HMACSecret}
+		}
+		if len(cfg.PublicKeyPEM) > 0 {
+			var err error
+			if pubs, err = ParsePublicKeys(cfg.PublicKeyPEM); err != nil {
+				return nil, fmt.Errorf("auth: public key: %w", err)
+			}
+		}
+		set, err := NewKeySet(secrets, pubs)
 		if err != nil {
 			return nil, fmt.Errorf("auth: public key: %w", err)
 		}
-		methods, err := methodsForKey(pub)
-		if err != nil {
-			return nil, fmt.Errorf("auth: public key: %w", err)
-		}
-		v.pub = pub
-		v.methods = append(v.methods, methods...)
+		v.keys = NewKeys(set)
 	}
-
-	opts := []jwt.ParserOption{
-		// The allow-list is what defeats alg confusion: an HS256 token
-		// "signed" with the public key's PEM as secret never reaches the
-		// key function unless an HMAC secret was configured too, and even
-		// then keyFor hands HMAC only the secret.
-		jwt.WithValidMethods(v.methods),
+	v.opts = []jwt.ParserOption{
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.Leeway),
 	}
 	if cfg.Issuer != "" {
-		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+		v.opts = append(v.opts, jwt.WithIssuer(cfg.Issuer))
 	}
 	if cfg.Audience != "" {
-		opts = append(opts, jwt.WithAudience(cfg.Audience))
+		v.opts = append(v.opts, jwt.WithAudience(cfg.Audience))
 	}
-	v.parser = jwt.NewParser(opts...)
 	return v, nil
 }
 
-// Algorithms lists the JWT "alg" values this verifier accepts, for startup
-// logs.
-func (v *Verifier) Algorithms() []string { return slices.Clone(v.methods) }
+// Algorithms lists the JWT "alg" values this verifier accepts now, for
+// startup logs.
+func (v *Verifier) Algorithms() []string { return v.keys.snapshot().methods }
 
 // Verify checks token's signature and claims and returns who it speaks for.
 // Every error wraps ErrInvalidToken and its message is safe to show the
@@ -141,10 +139,18 @@ func (v *Verifier) Verify(token string) (*Identity, error) {
 	if len(token) > MaxTokenLen {
 		return nil, invalid("token too large", nil)
 	}
+	// One generation of keys for the whole verification: a reload in the
+	// middle cannot mix the allow-list of one with the keys of another.
+	keys := v.keys.snapshot()
+	// The allow-list is what defeats alg confusion: an HS256 token
+	// "signed" with the public key's PEM as secret never reaches the key
+	// function unless an HMAC secret is configured too, and even then
+	// keyFor hands HMAC only the secrets.
+	parser := jwt.NewParser(append([]jwt.ParserOption{jwt.WithValidMethods(keys.methods)}, v.opts...)...)
 	var claims Claims
-	tok, err := v.parser.ParseWithClaims(token, &claims, v.keyFor)
+	tok, err := parser.ParseWithClaims(token, &claims, keys.keyFor)
 	if err != nil {
-		return nil, invalid(v.reason(tok, &claims, err), err)
+		return nil, invalid(v.reason(tok, &claims, err, keys.methods), err)
 	}
 	if !tok.Valid {
 		// Unreachable with jwt/v5 (a nil error means valid), but
@@ -173,38 +179,64 @@ func (v *Verifier) Verify(token string) (*Identity, error) {
 	}, nil
 }
 
-// keyFor returns the key matching the token's algorithm family. The parser
-// has already rejected algorithms outside v.methods; the type switch makes
-// sure that HMAC can only ever be fed the secret, never the public key.
-func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
+// errUnknownKey: no configured key can have signed the token (its kid is
+// not in the JWKS, or no key of its algorithm is configured any more).
+var errUnknownKey = errors.New("no key for this token")
+
+// keyFor returns the keys the token may have been signed with, tried in
+// turn by jwt. The parser has already rejected algorithms outside the
+// allow-list; the type switch makes sure that HMAC can only ever be fed the
+// secrets, never a public key (nor a JWKS "oct" key, which anyone can
+// fetch).
+func (s snapshot) keyFor(t *jwt.Token) (any, error) {
+	var keys jwt.VerificationKeySet
 	switch t.Method.(type) {
 	case *jwt.SigningMethodHMAC:
-		if v.secret == nil {
-			return nil, errors.New("no HMAC secret configured")
+		for _, sec := range s.set.Secrets {
+			keys.Keys = append(keys.Keys, sec)
 		}
-		return v.secret, nil
 	case *jwt.SigningMethodRSA, *jwt.SigningMethodRSAPSS, *jwt.SigningMethodECDSA, *jwt.SigningMethodEd25519:
-		if v.pub == nil {
-			return nil, errors.New("no public key configured")
+		alg := t.Method.Alg()
+		for _, k := range s.set.Public {
+			if fits(k, alg) {
+				keys.Keys = append(keys.Keys, k)
+			}
 		}
-		return v.pub, nil
+		if s.jwks != nil {
+			for _, k := range s.jwks.keysFor(t) {
+				if fits(k, alg) {
+					keys.Keys = append(keys.Keys, k)
+				}
+			}
+		}
 	default:
 		return nil, fmt.Errorf("unsupported signing method %q", t.Method.Alg())
 	}
+	if len(keys.Keys) == 0 {
+		return nil, errUnknownKey
+	}
+	if len(keys.Keys) == 1 {
+		return keys.Keys[0], nil
+	}
+	return keys, nil
 }
 
 // reason maps a jwt parse error to a short reason the client may see.
-func (v *Verifier) reason(tok *jwt.Token, claims *Claims, err error) string {
+func (v *Verifier) reason(tok *jwt.Token, claims *Claims, err error, methods []string) string {
 	if errors.Is(err, jwt.ErrTokenMalformed) {
 		return "malformed"
 	}
 	// Check the algorithm before the signature: jwt reports a disallowed
 	// alg as a signature error, which would mislead whoever debugs the
 	// issuer.
-	if tok == nil || tok.Method == nil || !slices.Contains(v.methods, tok.Method.Alg()) {
+	if tok == nil || tok.Method == nil || !slices.Contains(methods, tok.Method.Alg()) {
 		return "unexpected alg"
 	}
 	switch {
+	case errors.Is(err, errUnknownKey):
+		// The kid (or the algorithm) names a key this edge does not
+		// have: a rotation the edge has not seen yet, or a stale token.
+		return "unknown key"
 	case errors.Is(err, jwt.ErrTokenUnverifiable):
 		return "unexpected alg"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
@@ -234,43 +266,6 @@ func (v *Verifier) reason(tok *jwt.Token, claims *Claims, err error) string {
 		return "wrong audience"
 	default:
 		return "invalid"
-	}
-}
-
-// parsePublicKeyPEM reads the first PEM block. Later blocks are ignored so
-// that a certificate file with its chain appended works: the leaf comes
-// first.
-func parsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block found")
-	}
-	switch block.Type {
-	case "PUBLIC KEY":
-		pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse PKIX public key: %w", err)
-		}
-		return pub, nil
-	case "RSA PUBLIC KEY":
-		pub, err := x509.ParsePKCS1PublicKey(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse PKCS#1 public key: %w", err)
-		}
-		return pub, nil
-	case "CERTIFICATE":
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse certificate: %w", err)
-		}
-		return cert.PublicKey, nil
-	default:
-		if strings.Contains(block.Type, "PRIVATE KEY") {
-			// Deriving the public half would work, but the edge has no
-			// business holding the issuer's signing key.
-			return nil, fmt.Errorf("got a %q; configure the public key instead", block.Type)
-		}
-		return nil, fmt.Errorf("unsupported PEM block %q (want PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)", block.Type)
 	}
 }
 

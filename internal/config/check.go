@@ -37,6 +37,17 @@ type number interface {
 	~int | ~int32 | ~int64 | ~float64
 }
 
+// Default sets *v to def when it is zero or negative. Throughout Parley a
+// component Config's zero value for a size, count or duration means "the
+// default" (so a test or the dev mesh sets only what it cares about), and a
+// negative one can only be a mistake the binaries' flag checks already
+// refuse; every component fills its Config with this one rule.
+func Default[T number](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
 // Positive checks that flag name's value is above zero: for the sizes,
 // rates and timeouts where 0 would otherwise silently mean the default.
 func Positive[T number](name string, v T) error {

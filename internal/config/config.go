@@ -1,8 +1,11 @@
-// Package config holds what every Parley binary configures the same way:
-// flags with PARLEY_* environment fallbacks, and the NATS connection.
+// Package config holds what every Parley binary configures and does the
+// same way: flags with PARLEY_* environment fallbacks, logging, the NATS
+// connection, the provision subcommand, the exit status (Main), and the
+// rule by which a component fills its Config's defaults (Default).
 package config
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // EnvName is the environment variable that backs a flag: --nats-creds is
@@ -79,6 +83,15 @@ func (n NATS) Check() error {
 	}
 	if n.Password != "" && n.User == "" {
 		return Usagef("--nats-password needs --nats-user")
+	}
+	return nil
+}
+
+// Require is the check of a binary that cannot embed a server: --nats must
+// be given; why says where the dev mesh has the component instead.
+func (n NATS) Require(why string) error {
+	if n.URLs == "" {
+		return Usagef("--nats is required (%s)", why)
 	}
 	return nil
 }
@@ -156,6 +169,27 @@ func (n NATS) Connect(url string, log *slog.Logger, extra ...nats.Option) (*nats
 		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// Provision is a binary's provision subcommand, for a one-shot job such as
+// the Helm chart's hook: connect, declare the binary's JetStream resources
+// with provision (the idempotent create-or-update of package jetstream),
+// log "provisioned" with what, and close.
+func (n NATS) Provision(ctx context.Context, log *slog.Logger, provision func(context.Context, jetstream.JetStream) error, what ...any) error {
+	nc, err := n.Connect(n.URLs, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := provision(ctx, js); err != nil {
+		return err
+	}
+	log.Info("provisioned", what...)
+	return nil
 }
 
 // ReadFileFlag reads a file named by a flag. A file that cannot be read is

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"flag"
 	"log/slog"
 	"os"
 )
@@ -21,4 +22,28 @@ func NewLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 	}
 	return nil, Usagef("--log-format must be json or text, not %q", format)
+}
+
+// Log is the logging flags every binary takes.
+type Log struct {
+	Level, Format string
+}
+
+// Register adds --log-level and --log-format to fs.
+func (l *Log) Register(fs *flag.FlagSet) {
+	fs.StringVar(&l.Level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&l.Format, "log-format", "json", "json or text")
+}
+
+// SetLogger sets *dst to the logger the flags ask for (NewLogger). It is one
+// of a binary's flag checks (an argument of First), so a bad --log-level or
+// --log-format is reported in flag order with the others, and the config
+// parse returns holds the logger the binary runs with.
+func (l Log) SetLogger(dst **slog.Logger) error {
+	log, err := NewLogger(l.Level, l.Format)
+	if err != nil {
+		return err
+	}
+	*dst = log
+	return nil
 }

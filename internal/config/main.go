@@ -13,6 +13,15 @@ import (
 // ErrUsage marks a command line that cannot work: the binary exits 2.
 var ErrUsage = errors.New("usage")
 
+// Subcommand reports whether args start with the subcommand name (the
+// edge's and the archiver's "provision") and returns the arguments after it.
+func Subcommand(args []string, name string) (bool, []string) {
+	if len(args) > 0 && args[0] == name {
+		return true, args[1:]
+	}
+	return false, args
+}
+
 // Main runs a binary's run with its arguments and environment and a context
 // cancelled by SIGINT or SIGTERM (which start its drain). An error is printed
 // as "name: error" with exit status 1, or 2 when it is ErrUsage or one of

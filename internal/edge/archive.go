@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-
-	"github.com/nats-io/nats.go"
 
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
@@ -37,22 +34,9 @@ import (
 // deliveries, oldest first, each checked to belong to the room and to lie
 // within (after, before).
 func (e *Edge) archiveQuery(ctx context.Context, req pjs.ArchiveHistoryRequest) ([]Delivery, *pjs.ArchiveHistoryResponse, error) {
-	body, err := json.Marshal(req)
+	resp, err := e.backend.ArchiveHistory(ctx, req)
 	if err != nil {
 		return nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.RequestTimeout)
-	defer cancel()
-	m, err := e.nc.RequestWithContext(ctx, e.cfg.ArchiveSubject, body)
-	if err != nil {
-		return nil, nil, err
-	}
-	var resp pjs.ArchiveHistoryResponse
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return nil, nil, fmt.Errorf("archive response: %w", err)
-	}
-	if resp.Error != nil {
-		return nil, nil, fmt.Errorf("archive: %s: %s", resp.Error.Code, resp.Error.Message)
 	}
 	out := make([]Delivery, 0, len(resp.Msgs))
 	var prev uint64
@@ -69,13 +53,13 @@ func (e *Edge) archiveQuery(ctx context.Context, req pjs.ArchiveHistoryRequest) 
 		frame := protocol.AppendMsg(make([]byte, 0, len(raw)+16), &msg)
 		out = append(out, Delivery{Seq: msg.Seq, Frame: frame})
 	}
-	return out, &resp, nil
+	return out, resp, nil
 }
 
 // archiveFailed logs why the archive did not help; no responders is the
 // normal state of a mesh without archivers and is not worth a warning.
 func (e *Edge) archiveFailed(what, room string, err error) {
-	if errors.Is(err, nats.ErrNoResponders) {
+	if errors.Is(err, errNoArchive) {
 		e.log.Debug("no archive answering", "op", what, "room", room)
 		return
 	}
@@ -100,12 +84,11 @@ func (e *Edge) vouched(ctx context.Context, cov *pjs.ArchiveCoverage, lo, before
 	if from+1 >= before {
 		return true
 	}
-	info, err := e.stream.Info(ctx)
+	st, err := e.backend.StreamState(ctx)
 	if err != nil {
 		e.log.Warn("stream info failed; not vouching for a reply", "err", err)
 		return false
 	}
-	st := info.State
 	before = min(before, st.LastSeq+1) // later sequences hold nothing yet
 	switch {
 	case from+1 >= before:
@@ -117,75 +100,12 @@ func (e *Edge) vouched(ctx context.Context, cov *pjs.ArchiveCoverage, lo, before
 	case before-1-from > streamCheckMax:
 		return false
 	}
-	ok, err := e.streamHolds(ctx, from+1, before-1)
+	ok, err := e.backend.Holds(ctx, from+1, before-1)
 	if err != nil {
 		e.log.Warn("stream read failed; not vouching for a reply", "err", err)
 		return false
 	}
 	return ok
-}
-
-// streamHolds reports whether the stream stores every sequence from..to,
-// whatever its subject, reading them with batched Direct Get without a
-// subject filter (a batch steps over missing sequences, so the first seq
-// that is not the next expected one is a hole). A sequence seen stored at
-// any moment after the caller's read is enough: removal is final, so a
-// message stored then was never one of the room's removed ones.
-func (e *Edge) streamHolds(ctx context.Context, from, to uint64) (bool, error) {
-	r := e.reader
-	for from <= to {
-		req, _ := json.Marshal(struct {
-			Seq   uint64 `json:"seq"`
-			Batch uint64 `json:"batch"`
-		}{from, min(to-from+1, batchLimit)})
-		ok, next, err := r.holds(ctx, req, from, to)
-		if err != nil || !ok {
-			return false, err
-		}
-		from = next
-	}
-	return true, nil
-}
-
-// holds reads one batch for streamHolds: whether it had from, from+1, … in
-// order until it ended, and the next sequence to ask for.
-func (r *streamReader) holds(ctx context.Context, req []byte, from, to uint64) (bool, uint64, error) {
-	inbox := r.nc.NewRespInbox()
-	sub, err := r.nc.SubscribeSync(inbox)
-	if err != nil {
-		return false, 0, fmt.Errorf("read the stream from seq %d: %w", from, err)
-	}
-	defer sub.Unsubscribe()
-	if err := r.nc.PublishRequest("$JS.API.DIRECT.GET."+r.stream, inbox, req); err != nil {
-		return false, 0, fmt.Errorf("read the stream from seq %d: %w", from, err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return false, 0, fmt.Errorf("read the stream from seq %d: %w", from, err)
-		}
-		switch m.Header.Get("Status") {
-		case "":
-		case "204": // end of batch (short of what was asked when bytes ran out)
-			return true, from, nil
-		case "404": // nothing stored from here on
-			return false, 0, nil
-		default:
-			return false, 0, fmt.Errorf("read the stream from seq %d: status %s %s", from, m.Header.Get("Status"), m.Header.Get("Description"))
-		}
-		seq, err := strconv.ParseUint(m.Header.Get(pjs.HeaderSequence), 10, 64)
-		if err != nil {
-			return false, 0, fmt.Errorf("read the stream from seq %d: no sequence header", from)
-		}
-		if seq != from {
-			return false, 0, nil
-		}
-		if from++; from > to {
-			return true, from, nil
-		}
-	}
 }
 
 // historyFromArchive completes a read of a room's newest messages before a
@@ -205,26 +125,23 @@ func (c *Conn) historyFromArchive(ctx context.Context, room string, before uint6
 		top = ds[0].Seq
 	}
 	if top == 0 { // no bound, and the stream holds none of the room's messages
-		info, err := c.e.stream.Info(ctx)
+		st, err := c.e.backend.StreamState(ctx)
 		if err != nil {
 			c.e.log.Warn("stream info failed; not vouching for a reply", "err", err)
 			return ds, "the stream could not be asked what it no longer holds: messages of the room may be missing"
 		}
-		top = info.State.LastSeq + 1
+		top = st.LastSeq + 1
 	}
 	want := limit - len(ds)
 	var older []Delivery
 	var cov *pjs.ArchiveCoverage
 	var more bool
-	if c.e.cfg.ArchiveSubject != "" {
-		o, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: top, Limit: want})
-		if err != nil {
-			c.e.archiveFailed("history", room, err)
-		} else {
-			older, cov, more = o, resp.Covered, resp.More
-			if len(older) > want {
-				older = older[len(older)-want:]
-			}
+	if o, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: top, Limit: want}); err != nil {
+		c.e.archiveFailed("history", room, err)
+	} else {
+		older, cov, more = o, resp.Covered, resp.More
+		if len(older) > want {
+			older = older[len(older)-want:]
 		}
 	}
 	// A full page (or one the archive says has older ones) speaks for the
@@ -258,32 +175,30 @@ func (c *Conn) recoverFromArchive(ctx context.Context, room string, since uint64
 	want := max - len(replay)
 	var older []Delivery
 	var cov *pjs.ArchiveCoverage
-	if c.e.cfg.ArchiveSubject != "" {
-		after := since
-		o, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, After: &after, Limit: want})
-		switch {
-		case err != nil:
+	after := since
+	o, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, After: &after, Limit: want})
+	switch {
+	case err != nil:
+		c.e.archiveFailed("sub", room, err)
+	case len(o) > want:
+		c.e.archiveFailed("sub", room, fmt.Errorf("%d messages for a limit of %d", len(o), want))
+	case resp.More:
+		// More than max were missed: the newest of the archive's
+		// part instead, if the archive vouches for them.
+		newest, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: want})
+		if err != nil {
 			c.e.archiveFailed("sub", room, err)
-		case len(o) > want:
-			c.e.archiveFailed("sub", room, fmt.Errorf("%d messages for a limit of %d", len(o), want))
-		case resp.More:
-			// More than max were missed: the newest of the archive's
-			// part instead, if the archive vouches for them.
-			newest, resp, err := c.e.archiveQuery(ctx, pjs.ArchiveHistoryRequest{Room: room, Before: before, Limit: want})
-			if err != nil {
-				c.e.archiveFailed("sub", room, err)
-				return nil, false, false
-			}
-			if len(newest) > want {
-				newest = newest[len(newest)-want:]
-			}
-			if len(newest) == 0 || !c.e.vouched(ctx, resp.Covered, newest[0].Seq, before) {
-				return nil, false, false
-			}
-			return append(newest, replay...), false, true
-		default:
-			older, cov = o, resp.Covered
+			return nil, false, false
 		}
+		if len(newest) > want {
+			newest = newest[len(newest)-want:]
+		}
+		if len(newest) == 0 || !c.e.vouched(ctx, resp.Covered, newest[0].Seq, before) {
+			return nil, false, false
+		}
+		return append(newest, replay...), false, true
+	default:
+		older, cov = o, resp.Covered
 	}
 	if !c.e.vouched(ctx, cov, since, before) {
 		return nil, false, false

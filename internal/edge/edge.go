@@ -10,6 +10,7 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parley-mesh/parley/internal/auth"
+	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/metrics"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
@@ -44,6 +46,12 @@ type Config struct {
 	ReusePort bool
 	// Pprof serves net/http/pprof under /debug/pprof/ on the same listener.
 	Pprof bool
+	// UI, when set, is served at GET / and every path the edge's own routes
+	// do not take: the chat page (internal/webui).
+	UI http.Handler
+	// TLS, when set, serves the listener over TLS (wss://, https://). Its
+	// GetCertificate may change the certificate while the edge runs.
+	TLS *tls.Config
 	// Insecure accepts ?user=NAME without a token (dev mode only).
 	Insecure bool
 	// Auth holds the JWT keys; when empty only insecure mode can connect.
@@ -177,53 +185,39 @@ func DefaultConfig() Config {
 
 func (c *Config) fillDefaults() {
 	d := DefaultConfig()
-	setIf := func(v *int, def int) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	setIf(&c.MaxFrameBytes, d.MaxFrameBytes)
-	setIf(&c.HardFrameLimit, d.HardFrameLimit)
-	setIf(&c.MaxOutFrameBytes, d.MaxOutFrameBytes)
-	setIf(&c.MaxQueuedMsgs, d.MaxQueuedMsgs)
-	setIf(&c.MaxQueuedBytes, d.MaxQueuedBytes)
-	setIf(&c.MaxSubscriptions, d.MaxSubscriptions)
-	setIf(&c.RequestBurst, d.RequestBurst)
-	setIf(&c.PublishBurst, d.PublishBurst)
-	setIf(&c.MaxInflightPublishes, d.MaxInflightPublishes)
-	setIf(&c.MaxStrikes, d.MaxStrikes)
-	setIf(&c.MaxRecover, d.MaxRecover)
-	setIf(&c.MaxReplays, d.MaxReplays)
-	setIf(&c.MaxHistory, d.MaxHistory)
-	setIf(&c.MaxHistoryBytes, d.MaxHistoryBytes)
-	setIf(&c.RoomCacheBytes, d.RoomCacheBytes)
-	setIf(&c.RoomCacheTotalBytes, d.RoomCacheTotalBytes)
-	setIf(&c.LivePendingMsgs, d.LivePendingMsgs)
+	config.Default(&c.MaxFrameBytes, d.MaxFrameBytes)
+	config.Default(&c.HardFrameLimit, d.HardFrameLimit)
+	config.Default(&c.MaxOutFrameBytes, d.MaxOutFrameBytes)
+	config.Default(&c.MaxQueuedMsgs, d.MaxQueuedMsgs)
+	config.Default(&c.MaxQueuedBytes, d.MaxQueuedBytes)
+	config.Default(&c.MaxSubscriptions, d.MaxSubscriptions)
+	config.Default(&c.RequestBurst, d.RequestBurst)
+	config.Default(&c.PublishBurst, d.PublishBurst)
+	config.Default(&c.MaxInflightPublishes, d.MaxInflightPublishes)
+	config.Default(&c.MaxStrikes, d.MaxStrikes)
+	config.Default(&c.MaxRecover, d.MaxRecover)
+	config.Default(&c.MaxReplays, d.MaxReplays)
+	config.Default(&c.MaxHistory, d.MaxHistory)
+	config.Default(&c.MaxHistoryBytes, d.MaxHistoryBytes)
+	config.Default(&c.RoomCacheBytes, d.RoomCacheBytes)
+	config.Default(&c.RoomCacheTotalBytes, d.RoomCacheTotalBytes)
+	config.Default(&c.LivePendingMsgs, d.LivePendingMsgs)
 	if c.MaxRecover > c.MaxQueuedMsgs/2 {
 		// A replay lands in the outbound queue at once: leave room for live.
 		c.MaxRecover = c.MaxQueuedMsgs / 2
 	}
-	if c.RequestRate <= 0 {
-		c.RequestRate = d.RequestRate
-	}
-	if c.PublishRate <= 0 {
-		c.PublishRate = d.PublishRate
-	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	setDur(&c.PingInterval, d.PingInterval)
-	setDur(&c.ReadTimeout, d.ReadTimeout)
-	setDur(&c.MessageTimeout, d.MessageTimeout)
-	setDur(&c.ResyncInterval, d.ResyncInterval)
-	setDur(&c.WriteTimeout, d.WriteTimeout)
-	setDur(&c.RequestTimeout, d.RequestTimeout)
-	setDur(&c.PublishTimeout, d.PublishTimeout)
-	setDur(&c.DrainTimeout, d.DrainTimeout)
-	setDur(&c.HTTPIdleTimeout, d.HTTPIdleTimeout)
-	setDur(&c.HTTPReadTimeout, d.HTTPReadTimeout)
+	config.Default(&c.RequestRate, d.RequestRate)
+	config.Default(&c.PublishRate, d.PublishRate)
+	config.Default(&c.PingInterval, d.PingInterval)
+	config.Default(&c.ReadTimeout, d.ReadTimeout)
+	config.Default(&c.MessageTimeout, d.MessageTimeout)
+	config.Default(&c.ResyncInterval, d.ResyncInterval)
+	config.Default(&c.WriteTimeout, d.WriteTimeout)
+	config.Default(&c.RequestTimeout, d.RequestTimeout)
+	config.Default(&c.PublishTimeout, d.PublishTimeout)
+	config.Default(&c.DrainTimeout, d.DrainTimeout)
+	config.Default(&c.HTTPIdleTimeout, d.HTTPIdleTimeout)
+	config.Default(&c.HTTPReadTimeout, d.HTTPReadTimeout)
 	if c.HardFrameLimit < c.MaxFrameBytes {
 		c.HardFrameLimit = c.MaxFrameBytes
 	}
@@ -246,12 +240,13 @@ type Edge struct {
 	metrics  *metrics.Edge
 	upgrader websocket.Upgrader
 
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	reader *streamReader
+	// backend is everything the edge asks of NATS (backend.go); natsb is
+	// the same, for what only the NATS one has (its dispatchers, stop).
+	backend Backend
+	natsb   *natsBackend
+	reader  *streamReader
 	// replaySlots holds a token per long resume being replayed (MaxReplays).
 	replaySlots chan struct{}
-	feed        *natsFeed
 	// poller holds idle connections without a goroutine (nil: not Linux).
 	poller *poller
 	hub    *Hub
@@ -264,6 +259,12 @@ type Edge struct {
 	listener net.Listener
 	server   *http.Server
 	serveErr chan error
+
+	// ctx is the edge's lifetime: every connection's context derives from
+	// it, and so does the work the edge does for no connection (gap
+	// repairs). Shutdown cancels it once it has closed every connection.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// requestHook, when set (by tests only, see export_test.go), runs
 	// before each request is handled: it lets a test make handling panic.
@@ -297,6 +298,7 @@ func New(cfg Config, nc *nats.Conn) (*Edge, error) {
 		conns:    make(map[*Conn]struct{}),
 		serveErr: make(chan error, 1),
 	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if cfg.Auth.Enabled() {
 		v, err := auth.NewVerifier(cfg.Auth)
 		if err != nil {
@@ -307,14 +309,9 @@ func New(cfg Config, nc *nats.Conn) (*Edge, error) {
 		return nil, ErrNoAuth
 	}
 	e.metrics = metrics.NewEdge(e.registry)
-	e.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	metrics.RegisterConnected(e.registry, prometheus.GaugeOpts{
 		Name: "parley_edge_nats_connected", Help: "1 when the edge is connected to NATS.",
-	}, func() float64 {
-		if nc.IsConnected() {
-			return 1
-		}
-		return 0
-	}))
+	}, nc.IsConnected)
 	e.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "parley_edge_parked_connections", Help: "Idle connections waiting in the poller, without a goroutine.",
 	}, func() float64 {
@@ -350,10 +347,7 @@ func (e *Edge) Registry() *prometheus.Registry { return e.registry }
 // Start provisions the stream, binds the listener and serves in the
 // background.
 func (e *Edge) Start(ctx context.Context) error {
-	js, err := jetstream.New(e.nc,
-		jetstream.WithPublishAsyncMaxPending(4096),
-		jetstream.WithPublishAsyncTimeout(e.cfg.PublishTimeout),
-	)
+	js, err := jetstream.New(e.nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -361,19 +355,24 @@ func (e *Edge) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("provision streams: %w", err)
 	}
-	e.js, e.stream = js, stream
 	e.replaySlots = make(chan struct{}, e.cfg.MaxReplays)
-	e.reader = &streamReader{nc: e.nc, stream: pjs.ChatStream, timeout: e.cfg.RequestTimeout}
-	e.feed = &natsFeed{
-		nc: e.nc, reader: e.reader, log: e.log,
-		dropped:       e.metrics.DroppedLive.Inc,
-		gapRepaired:   func(n int) { e.metrics.GapsRepaired.Inc(); e.metrics.GapMessages.Add(float64(n)) },
-		gapUnrepaired: e.metrics.GapsUnrepaired.Inc,
+	e.pub = newPublisher(e.metrics, e.cfg.PublishTimeout, 65536)
+	e.natsb = &natsBackend{
+		nc: e.nc, js: js, stream: stream, name: pjs.ChatStream, timeout: e.cfg.RequestTimeout, log: e.log,
+		archiveSubject: e.cfg.ArchiveSubject,
+		dropped:        e.metrics.DroppedLive.Inc,
 		shards: newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs, func(v any) {
 			e.recovered("dispatch", v, e.log)
 		}),
 	}
-	e.hub = NewHub(e.feed)
+	if err := e.natsb.startPublishing(e.pub.acked, func(v any) { e.recovered("ack", v, e.log) }); err != nil {
+		return err
+	}
+	e.backend = e.natsb
+	e.pub.backend = e.backend
+	e.reader = &streamReader{b: e.backend}
+	e.hub = NewHub(e.backend, e.log)
+	e.hub.ctx = e.ctx
 	if p, err := newPoller(); err == nil {
 		e.poller = p
 	} else {
@@ -388,6 +387,12 @@ func (e *Edge) Start(ctx context.Context) error {
 		topicOpened: e.metrics.LiveSubjects.Inc,
 		topicClosed: e.metrics.LiveSubjects.Dec,
 		delivered:   func(n int) { e.metrics.Deliveries.Add(float64(n)) },
+		gapRepaired: func(n int) {
+			e.metrics.GapsRepaired.Inc()
+			e.metrics.GapMessages.Add(float64(n))
+		},
+		gapUnrepaired: e.metrics.GapsUnrepaired.Inc,
+		panicked:      func(v any) { e.recovered("repair", v, e.log) },
 	}
 	// After a reconnect nats.go has resubscribed every live subject; what
 	// was stored while we were away is read from the stream. The same after
@@ -404,13 +409,8 @@ func (e *Edge) Start(ctx context.Context) error {
 		}
 		e.resync.event("nats reconnect")
 	})
-	if e.pub, err = newPublisher(e.nc, e.metrics, e.cfg.PublishTimeout, 65536, func(v any) {
-		e.recovered("ack", v, e.log)
-	}); err != nil {
-		return err
-	}
 	e.presence = newPresenceTracker(e.nc, e.log, e.cfg.Presence)
-	e.presence.shards = e.feed.shards
+	e.presence.shards = e.natsb.shards
 	if err := e.presence.start(); err != nil {
 		return err
 	}
@@ -418,6 +418,9 @@ func (e *Edge) Start(ctx context.Context) error {
 	ln, err := listen(ctx, e.cfg.Listen, e.cfg.ReusePort)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", e.cfg.Listen, err)
+	}
+	if e.cfg.TLS != nil {
+		ln = tls.NewListener(ln, e.cfg.TLS)
 	}
 	e.listener = ln
 	e.admit.usersGauge, e.admit.addrsGauge = e.metrics.ConnectedUsers, e.metrics.ConnectedAddrs
@@ -442,7 +445,7 @@ func (e *Edge) Start(ctx context.Context) error {
 	}
 	go func() { e.serveErr <- e.server.Serve(ln) }()
 	e.started.Store(true)
-	e.log.Info("edge listening", "addr", ln.Addr().String(), "insecure", e.cfg.Insecure)
+	e.log.Info("edge listening", "addr", ln.Addr().String(), "insecure", e.cfg.Insecure, "tls", e.cfg.TLS != nil)
 	return nil
 }
 
@@ -492,6 +495,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.close(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge")
 	}
+	// Closing cancelled each connection's work (its context); what the edge
+	// does for nobody in particular ends too.
+	e.cancel()
 	handlersDone := make(chan struct{})
 	go func() { e.handlers.Wait(); close(handlersDone) }()
 	select {
@@ -509,8 +515,8 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	if e.resync != nil {
 		e.resync.close()
 	}
-	if e.feed != nil {
-		e.feed.shards.stop() // every client is gone: nobody is owed a live message
+	if e.natsb != nil {
+		e.natsb.stop() // every client is gone: nobody is owed a live message or an ack
 	}
 	if e.pub != nil {
 		e.pub.stop()
@@ -540,29 +546,20 @@ func (e *Edge) connCount() int {
 
 // Handler serves /ws, /metrics, /healthz and /readyz.
 func (e *Edge) Handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := metrics.Endpoints(e.registry,
+		metrics.Requirement{Unmet: "draining", Met: func() bool { return !e.draining.Load() }},
+		metrics.Requirement{Unmet: "starting", Met: e.started.Load},
+		metrics.Requirement{Unmet: "not connected to NATS", Met: func() bool { return e.nc.IsConnected() }},
+	)
 	mux.HandleFunc("GET /ws", e.serveWS)
-	mux.Handle("GET /metrics", metrics.Handler(e.registry))
+	if e.cfg.UI != nil {
+		mux.Handle("GET /", e.cfg.UI)
+	}
 	if e.cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		switch {
-		case e.draining.Load():
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-		case !e.started.Load():
-			http.Error(w, "starting", http.StatusServiceUnavailable)
-		case !e.nc.IsConnected():
-			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
-		default:
-			w.Write([]byte("ready\n"))
-		}
-	})
 	return mux
 }
 
@@ -666,12 +663,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 
 // runConn serves an upgraded connection until it ends.
 func (e *Edge) runConn(c *Conn, ident *auth.Identity) {
-	if !ident.Expires.IsZero() {
-		c.tokenTimer = time.AfterFunc(time.Until(ident.Expires), func() {
-			defer c.contain("timer")
-			c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")
-		})
-	}
+	c.scheduleExpiry(ident.Expires)
 	c.serve()
 }
 

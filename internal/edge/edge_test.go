@@ -53,18 +53,6 @@ func startEdgeOpts(t testing.TB, url string, mutate func(*edge.Config), natsOpts
 	return e
 }
 
-func wsURL(e *edge.Edge) string { return "ws://" + e.Addr() + "/ws" }
-
-func dial(t *testing.T, e *edge.Edge, user string) *client.Client {
-	t.Helper()
-	c, err := client.Dial(t.Context(), wsURL(e), client.WithUser(user))
-	if err != nil {
-		t.Fatalf("dial as %s: %v", user, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 func token(t *testing.T, user string, ttl time.Duration, grants auth.Grants) string {
 	t.Helper()
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, auth.Claims{
@@ -82,20 +70,6 @@ func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-func next(t *testing.T, c *client.Client) protocol.Msg {
-	t.Helper()
-	select {
-	case m, ok := <-c.Messages():
-		if !ok {
-			t.Fatalf("connection ended: %v", c.Err())
-		}
-		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("no message within 10s")
-	}
-	return protocol.Msg{}
 }
 
 func noMessage(t *testing.T, c *client.Client, d time.Duration) {
@@ -119,7 +93,7 @@ func subscribe(t *testing.T, c *client.Client, room string) client.SubResult {
 func TestPubSubWithSeqAndDedup(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
-	alice, bob := dial(t, e, "alice"), dial(t, e, "bob")
+	alice, bob := edgetest.Dial(t, e, "alice"), edgetest.Dial(t, e, "bob")
 	if r := subscribe(t, bob, "lobby"); r.Seq != 0 || r.Room != "lobby" {
 		t.Fatalf("sub reply %+v", r)
 	}
@@ -130,7 +104,7 @@ func TestPubSubWithSeqAndDedup(t *testing.T) {
 		t.Fatalf("ack %+v err %v", ack, err)
 	}
 	for _, c := range []*client.Client{alice, bob} {
-		m := next(t, c)
+		m := edgetest.Next(t, c)
 		if m.Op != "msg" || m.Room != "lobby" || m.Seq != 1 || m.MsgID != "c-1" || m.From != "alice" || string(m.Data) != `{"text":"hi"}` {
 			t.Fatalf("msg %+v data %s", m, m.Data)
 		}
@@ -148,7 +122,7 @@ func TestPubSubWithSeqAndDedup(t *testing.T) {
 	if err != nil || ack.Seq != 2 || ack.Dup {
 		t.Fatalf("bob's ack %+v err %v", ack, err)
 	}
-	if m := next(t, alice); m.Seq != 2 || m.From != "bob" {
+	if m := edgetest.Next(t, alice); m.Seq != 2 || m.From != "bob" {
 		t.Fatalf("after the duplicate, alice got %+v", m)
 	}
 	// The same msg_id for another target is another message (a client
@@ -161,21 +135,21 @@ func TestPubSubWithSeqAndDedup(t *testing.T) {
 	if err != nil || ack.Seq != 4 || ack.Dup {
 		t.Fatalf("c-1 as a DM: ack %+v err %v", ack, err)
 	}
-	if m := next(t, bob); m.Seq != 2 { // his own lobby message
+	if m := edgetest.Next(t, bob); m.Seq != 2 { // his own lobby message
 		t.Fatalf("bob got %+v", m)
 	}
-	if m := next(t, bob); m.Seq != 4 || m.To != "bob" {
+	if m := edgetest.Next(t, bob); m.Seq != 4 || m.To != "bob" {
 		t.Fatalf("bob's DM %+v", m)
 	}
 	// A late subscriber learns the room's position and gets what follows.
-	carol := dial(t, e, "carol")
+	carol := edgetest.Dial(t, e, "carol")
 	if r := subscribe(t, carol, "lobby"); r.Seq != 2 {
 		t.Fatalf("carol's sub seq %d, want 2", r.Seq)
 	}
 	if _, err := alice.Publish(ctxT(t), "lobby", "", 3); err != nil {
 		t.Fatal(err)
 	}
-	if m := next(t, carol); m.Seq != 5 || m.MsgID != "" {
+	if m := edgetest.Next(t, carol); m.Seq != 5 || m.MsgID != "" {
 		t.Fatalf("carol got %+v", m)
 	}
 	// Unsubscribed: nothing more arrives.
@@ -191,7 +165,7 @@ func TestPubSubWithSeqAndDedup(t *testing.T) {
 func TestBackendPublishReachesClients(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
-	alice := dial(t, e, "alice")
+	alice := edgetest.Dial(t, e, "alice")
 	subscribe(t, alice, "ops")
 	js := natstest.JetStream(t, srv.URL())
 
@@ -206,11 +180,11 @@ func TestBackendPublishReachesClients(t *testing.T) {
 	if _, err := js.Publish(ctxT(t), "chat.room.ops", []byte("plain text from the nats CLI")); err != nil {
 		t.Fatal(err)
 	}
-	m := next(t, alice)
+	m := edgetest.Next(t, alice)
 	if m.Seq != 1 || m.From != "deploy-bot" || m.MsgID != "deploy-42" || string(m.Data) != `{"version":"1.2.3"}` {
 		t.Fatalf("got %+v data %s", m, m.Data)
 	}
-	m = next(t, alice)
+	m = edgetest.Next(t, alice)
 	if m.Seq != 2 || string(m.Data) != `"plain text from the nats CLI"` {
 		t.Fatalf("got %+v data %s", m, m.Data)
 	}
@@ -220,16 +194,16 @@ func TestDirectMessagesAndBroadcast(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e1 := startEdge(t, srv.URL(), nil)
 	e2 := startEdge(t, srv.URL(), nil)
-	alice := dial(t, e1, "alice")
-	bobTab1, bobTab2 := dial(t, e1, "bob"), dial(t, e2, "bob")
-	carol := dial(t, e2, "carol")
+	alice := edgetest.Dial(t, e1, "alice")
+	bobTab1, bobTab2 := edgetest.Dial(t, e1, "bob"), edgetest.Dial(t, e2, "bob")
+	carol := edgetest.Dial(t, e2, "carol")
 
 	ack, err := alice.PublishDM(ctxT(t), "bob", "dm-1", "psst")
 	if err != nil || ack.Dup {
 		t.Fatalf("dm ack %+v %v", ack, err)
 	}
 	for _, c := range []*client.Client{bobTab1, bobTab2} {
-		m := next(t, c)
+		m := edgetest.Next(t, c)
 		if m.To != "bob" || m.Room != "" || m.From != "alice" || string(m.Data) != `"psst"` {
 			t.Fatalf("bob got %+v", m)
 		}
@@ -242,7 +216,7 @@ func TestDirectMessagesAndBroadcast(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []*client.Client{alice, bobTab1, bobTab2, carol} {
-		m := next(t, c)
+		m := edgetest.Next(t, c)
 		if m.Room != "" || m.To != "" || m.From != "ops" || string(m.Data) != `"maintenance at 5"` {
 			t.Fatalf("broadcast arrived as %+v", m)
 		}
@@ -252,7 +226,7 @@ func TestDirectMessagesAndBroadcast(t *testing.T) {
 func TestBadInputGetsCodedErrorsAndConnectionStaysUsable(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxFrameBytes = 4096; c.MaxSubscriptions = 2 })
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	cases := []struct {
 		name string
 		req  string
@@ -322,7 +296,7 @@ func TestBadInputGetsCodedErrorsAndConnectionStaysUsable(t *testing.T) {
 	if _, err := c.Publish(ctxT(t), "r1", "ok-1", "fine"); err != nil {
 		t.Fatal(err)
 	}
-	if m := next(t, c); m.Room != "r1" {
+	if m := edgetest.Next(t, c); m.Room != "r1" {
 		t.Fatalf("got %+v", m)
 	}
 }
@@ -358,7 +332,7 @@ func isCode(err error, code protocol.Code) bool {
 func TestBatchedFrame(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	frame := `{"id":101,"op":"ping"}` + "\n" + `{"id":102,"op":"sub","room":"x.y"}` + "\n\n" + `{"id":103,"op":"ping"}`
 	if err := c.Send(ctxT(t), []byte(frame)); err != nil {
 		t.Fatal(err)
@@ -382,7 +356,7 @@ func TestAuthentication(t *testing.T) {
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Insecure = false })
 
 	// No credentials, a bad token, and ?user= outside insecure mode: HTTP 401.
-	for _, u := range []string{wsURL(e), wsURL(e) + "?token=garbage", wsURL(e) + "?user=alice"} {
+	for _, u := range []string{edgetest.URL(e), edgetest.URL(e) + "?token=garbage", edgetest.URL(e) + "?user=alice"} {
 		_, resp, err := websocket.DefaultDialer.Dial(u, nil)
 		if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("%s: err %v resp %v", u, err, resp)
@@ -393,12 +367,12 @@ func TestAuthentication(t *testing.T) {
 		}
 	}
 	expired := token(t, "alice", -time.Minute, auth.Grants{Subscribe: []string{"*"}})
-	if _, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(expired)); err == nil {
+	if _, err := client.Dial(ctxT(t), edgetest.URL(e), client.WithToken(expired)); err == nil {
 		t.Fatal("expired token accepted")
 	}
 
 	grants := auth.Grants{Subscribe: []string{"lobby", "team-*"}, Publish: []string{"lobby"}}
-	alice, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(token(t, "alice", time.Hour, grants)))
+	alice, err := client.Dial(ctxT(t), edgetest.URL(e), client.WithToken(token(t, "alice", time.Hour, grants)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +388,7 @@ func TestAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The token in the query works too.
-	q, err := client.Dial(ctxT(t), wsURL(e)+"?token="+token(t, "bob", time.Hour, grants))
+	q, err := client.Dial(ctxT(t), edgetest.URL(e)+"?token="+token(t, "bob", time.Hour, grants))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +399,7 @@ func TestTokenExpiryClosesConnection(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
 	// JWT exp has one-second resolution: 2s leaves at least a second.
-	c, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(token(t, "alice", 2*time.Second, auth.Grants{Subscribe: []string{"*"}})))
+	c, err := client.Dial(ctxT(t), edgetest.URL(e), client.WithToken(token(t, "alice", 2*time.Second, auth.Grants{Subscribe: []string{"*"}})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,12 +421,12 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxQueuedMsgs = 1024; c.MaxQueuedBytes = 8 << 20 })
 	// The slow client never reads its messages: the client library stops
 	// reading the socket, TCP fills up, and the edge's queue overflows.
-	slow, err := client.Dial(ctxT(t), wsURL(e), client.WithUser("slow"), client.WithMessageBuffer(1))
+	slow, err := client.Dial(ctxT(t), edgetest.URL(e), client.WithUser("slow"), client.WithMessageBuffer(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer slow.Close()
-	fast := dial(t, e, "fast")
+	fast := edgetest.Dial(t, e, "fast")
 	subscribe(t, slow, "firehose")
 	subscribe(t, fast, "firehose")
 
@@ -475,7 +449,7 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 		}
 	}()
 	for i := uint64(1); i <= n; i++ {
-		if m := next(t, fast); m.Seq != i {
+		if m := edgetest.Next(t, fast); m.Seq != i {
 			t.Fatalf("fast consumer got seq %d, want %d", m.Seq, i)
 		}
 	}
@@ -484,10 +458,10 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 	}
 	// The edge dropped the slow consumer (the fast one is still connected).
 	natstest.Eventually(t, 10*time.Second, func() error {
-		if v := metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); v != 1 {
+		if v := edgetest.Metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); v != 1 {
 			return fmt.Errorf("slow_consumer disconnects %v", v)
 		}
-		if v := metric(t, e, "parley_edge_connections"); v != 1 {
+		if v := edgetest.Metric(t, e, "parley_edge_connections"); v != 1 {
 			return fmt.Errorf("connections %v", v)
 		}
 		return nil
@@ -515,7 +489,7 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 func TestPublishRateLimit(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.PublishRate = 1; c.PublishBurst = 3 })
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	limited := 0
 	for i := range 6 {
 		if _, err := c.Publish(ctxT(t), "lobby", fmt.Sprint("m", i), i); isCode(err, protocol.CodeRateLimited) {
@@ -540,7 +514,7 @@ func TestOriginCheck(t *testing.T) {
 		if origin != "" {
 			h.Set("Origin", origin)
 		}
-		c, err := client.Dial(ctxT(t), wsURL(e), client.WithUser("alice"), client.WithHeader(h))
+		c, err := client.Dial(ctxT(t), edgetest.URL(e), client.WithUser("alice"), client.WithHeader(h))
 		if (err == nil) != ok {
 			t.Fatalf("origin %q: err %v", origin, err)
 		}
@@ -553,12 +527,12 @@ func TestOriginCheck(t *testing.T) {
 func TestHealthAndMetrics(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "lobby")
 	if _, err := c.Publish(ctxT(t), "lobby", "m", 1); err != nil {
 		t.Fatal(err)
 	}
-	next(t, c)
+	edgetest.Next(t, c)
 	for path, want := range map[string]string{
 		"/healthz": "ok",
 		"/readyz":  "ready",
@@ -589,7 +563,7 @@ func TestWebSocketFraming(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxFrameBytes = 4096; c.HardFrameLimit = 8192 })
 	d := websocket.Dialer{WriteBufferSize: 256} // large messages leave in 256-byte fragments
-	ws, _, err := d.Dial(wsURL(e)+"?user=framer", nil)
+	ws, _, err := d.Dial(edgetest.URL(e)+"?user=framer", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -672,7 +646,7 @@ func TestWebSocketFraming(t *testing.T) {
 func TestKeepaliveAndReadTimeout(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.PingInterval = 100 * time.Millisecond; c.ReadTimeout = 400 * time.Millisecond })
-	c := dial(t, e, "idle")
+	c := edgetest.Dial(t, e, "idle")
 	time.Sleep(1500 * time.Millisecond) // idle on purpose: nearly four read timeouts
 	if err := c.Ping(ctxT(t)); err != nil {
 		t.Fatalf("idle connection with pongs was dropped: %v", err)
@@ -681,20 +655,20 @@ func TestKeepaliveAndReadTimeout(t *testing.T) {
 	// without a goroutine (Linux).
 	if runtime.GOOS == "linux" {
 		natstest.Eventually(t, 5*time.Second, func() error {
-			if v := metric(t, e, "parley_edge_parked_connections"); v != 1 {
+			if v := edgetest.Metric(t, e, "parley_edge_parked_connections"); v != 1 {
 				return fmt.Errorf("parked connections %v, want 1", v)
 			}
 			return nil
 		})
 	}
 	// A raw client that never reads never answers pings: dropped.
-	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=mute", nil)
+	ws, _, err := websocket.DefaultDialer.Dial(edgetest.URL(e)+"?user=mute", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ws.Close()
 	natstest.Eventually(t, 5*time.Second, func() error {
-		if v := metric(t, e, "parley_edge_connections"); v != 1 {
+		if v := edgetest.Metric(t, e, "parley_edge_connections"); v != 1 {
 			return fmt.Errorf("connections %v", v)
 		}
 		return nil
@@ -716,7 +690,7 @@ func TestStalledReaderGetsWholeFramesInOrder(t *testing.T) {
 		}
 		return c, err
 	}}
-	ws, _, err := d.Dial(wsURL(e)+"?user=staller", nil)
+	ws, _, err := d.Dial(edgetest.URL(e)+"?user=staller", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -784,7 +758,7 @@ func TestStalledReaderGetsWholeFramesInOrder(t *testing.T) {
 	if len(pongs) == 0 || pongs[len(pongs)-1] != fmt.Sprint("ping", n-50) {
 		t.Fatalf("pongs %q, want the last one for ping%d", pongs, n-50)
 	}
-	if v := metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); v != 0 {
+	if v := edgetest.Metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); v != 0 {
 		t.Fatalf("slow_consumer disconnects %v", v)
 	}
 }
@@ -811,7 +785,7 @@ func TestCloseCodeSurvivesUnreadInput(t *testing.T) {
 	}
 
 	// 3 MiB in one frame, three times the hard limit.
-	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=big", nil)
+	ws, _, err := websocket.DefaultDialer.Dial(edgetest.URL(e)+"?user=big", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -825,7 +799,7 @@ func TestCloseCodeSurvivesUnreadInput(t *testing.T) {
 	}
 
 	// A flood of oversize frames: closed for policy while more are on the way.
-	ws2, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=flood", nil)
+	ws2, _, err := websocket.DefaultDialer.Dial(edgetest.URL(e)+"?user=flood", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,8 @@
 package edge
 
 import (
-	"context"
 	"fmt"
 	"hash/fnv"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,23 +14,6 @@ import (
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
-
-// natsFeed is the Feed on a real NATS connection: a core subscription to the
-// topic's republished live subject, and Direct Get for the last sequence.
-type natsFeed struct {
-	nc      *nats.Conn
-	reader  *streamReader
-	log     *slog.Logger
-	dropped func()
-	// gap counts repairs: messages read back, and gaps that could not be
-	// closed (the stream no longer had them, or NATS did not answer).
-	gapRepaired   func(msgs int)
-	gapUnrepaired func()
-	// shards buffer live messages (LivePendingMsgs per shard); when one is
-	// full nats.go drops and reports a slow consumer, and gap repair reads
-	// the dropped messages back from the stream.
-	shards *liveShards
-}
 
 // liveShards spreads live subscriptions over a few dispatcher goroutines.
 // nats.go gives every callback subscription a goroutine of its own; an edge
@@ -105,66 +86,6 @@ func (ls *liveShards) subscribe(nc *nats.Conn, subject string, handle func(*nats
 // stop ends the dispatchers (nats.go never blocks on a full shard, so
 // messages arriving later are dropped).
 func (ls *liveShards) stop() { close(ls.done) }
-
-func (f *natsFeed) Subscribe(topic string, deliver func(Delivery)) (func(), error) {
-	target := pushTarget(topic)
-	subject := pjs.LiveSubject(topic)
-	handle := func(m *nats.Msg) {
-		d, err := decodeLive(m, target)
-		if err != nil {
-			f.dropped()
-			f.log.Warn("dropping live message", "subject", m.Subject, "err", err)
-			return
-		}
-		deliver(d)
-	}
-	// A message that reaches the shard before the handler is stored is
-	// dropped: it was stored before the caller reads the topic's position
-	// (after this returns), so it is not owed to anyone.
-	unsubscribe, err := f.shards.subscribe(f.nc, subject, handle)
-	if err != nil {
-		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
-	}
-	// Wait until the server has the subscription: the caller's next step is
-	// reading the stream's last sequence, and everything stored after that
-	// must arrive here.
-	if err := f.nc.FlushTimeout(5 * time.Second); err != nil {
-		unsubscribe()
-		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
-	}
-	return unsubscribe, nil
-}
-
-func (f *natsFeed) LastSeq(ctx context.Context, topic string) (uint64, error) {
-	return f.reader.lastSeq(ctx, topic)
-}
-
-// maxRepair bounds one gap repair; a larger gap is logged and counted.
-const maxRepair = 10_000
-
-func (f *natsFeed) Repair(topic string, from, upTo uint64) []Delivery {
-	// A replica answering Direct Get may trail the leader that republished:
-	// retry briefly until the gap's last message (which exists: the live
-	// message named it) is readable.
-	var got []Delivery
-	var err error
-	for attempt := range 5 {
-		if attempt > 0 {
-			time.Sleep(time.Duration(attempt) * 50 * time.Millisecond)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		got, _, err = f.reader.readRange(ctx, topic, from, upTo, maxRepair)
-		cancel()
-		if err == nil && len(got) > 0 && got[len(got)-1].Seq == upTo {
-			f.gapRepaired(len(got))
-			f.log.Info("repaired live gap", "topic", topic, "from", from, "to", upTo, "msgs", len(got))
-			return got
-		}
-	}
-	f.gapUnrepaired()
-	f.log.Warn("live gap not fully repaired", "topic", topic, "from", from, "to", upTo, "read", len(got), "err", err)
-	return got
-}
 
 // target is where a topic's pushes say they belong.
 type target struct{ room, to string }

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
@@ -60,7 +61,7 @@ type rawConn struct {
 
 func dialRaw(t *testing.T, e *edge.Edge, user string) *rawConn {
 	t.Helper()
-	ws, _, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user="+user, nil)
+	ws, _, err := websocket.DefaultDialer.Dial(edgetest.URL(e)+"?user="+user, nil)
 	if err != nil {
 		t.Fatalf("dial as %s: %v", user, err)
 	}
@@ -100,7 +101,7 @@ func (r *rawConn) closeCode() int {
 // alive checks that the edge still serves a new connection.
 func alive(t *testing.T, e *edge.Edge) {
 	t.Helper()
-	c := dial(t, e, "bystander")
+	c := edgetest.Dial(t, e, "bystander")
 	if err := c.Ping(ctxT(t)); err != nil {
 		t.Fatalf("the edge no longer serves others: %v", err)
 	}
@@ -112,7 +113,7 @@ func alive(t *testing.T, e *edge.Edge) {
 func TestHugeFrameLengthsCloseOnlyThatConnection(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
-	other := dial(t, e, "other")
+	other := edgetest.Dial(t, e, "other")
 	for _, tc := range []struct {
 		name   string
 		frames [][]byte
@@ -279,7 +280,7 @@ func TestPanicClosesOnlyThatConnection(t *testing.T) {
 			panic("a bug met while handling a request")
 		}
 	})
-	other := dial(t, e, "other")
+	other := edgetest.Dial(t, e, "other")
 	subscribe(t, other, "calm")
 	c := dialRaw(t, e, "unlucky")
 	boom := []byte(`{"id":1,"op":"boom"}`)
@@ -293,10 +294,10 @@ func TestPanicClosesOnlyThatConnection(t *testing.T) {
 	if _, err := other.Publish(ctxT(t), "calm", "after-panic", map[string]string{"still": "here"}); err != nil {
 		t.Fatalf("publish after the panic: %v", err)
 	}
-	if m := next(t, other); m.MsgID != "after-panic" {
+	if m := edgetest.Next(t, other); m.MsgID != "after-panic" {
 		t.Fatalf("got %+v", m)
 	}
-	if n := metric(t, e, `parley_edge_panics_total{where="handle"}`); n != 1 {
+	if n := edgetest.Metric(t, e, `parley_edge_panics_total{where="handle"}`); n != 1 {
 		t.Fatalf("parley_edge_panics_total{where=handle} = %v, want 1", n)
 	}
 	alive(t, e)

@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"hash/maphash"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,22 +22,6 @@ type Delivery struct {
 	Frame   []byte
 }
 
-// Feed is the hub's only seam to NATS: one live subscription per topic (a
-// stream subject such as chat.room.lobby), and the last stored sequence of a
-// topic. The NATS implementation is natsFeed; benchmarks use an in-memory one.
-type Feed interface {
-	// Subscribe starts delivering the topic's stored messages, in stream
-	// order, to deliver. It returns once the subscription is registered with
-	// the server, so nothing stored afterwards can be missed.
-	Subscribe(topic string, deliver func(Delivery)) (unsubscribe func(), err error)
-	// LastSeq is the sequence of the newest stored message on topic, 0 if none.
-	LastSeq(ctx context.Context, topic string) (uint64, error)
-	// Repair returns the stored messages of topic with from <= seq <= upTo:
-	// what the live subscription missed. It is best effort: it logs and
-	// counts what it cannot read.
-	Repair(topic string, from, upTo uint64) []Delivery
-}
-
 // subscriber receives frames. deliver never blocks: a subscriber whose queue
 // is full disconnects itself (slow consumer) instead of slowing the room.
 type subscriber interface {
@@ -49,7 +34,11 @@ const hubShards = 64
 // subscription per topic, reference-counted by its subscribers. It is sharded
 // by topic so that joins in different rooms do not contend on one lock.
 type Hub struct {
-	feed     Feed
+	backend Backend
+	reader  *streamReader
+	log     *slog.Logger
+	// ctx bounds the hub's own reads (gap repairs): the edge's lifetime.
+	ctx      context.Context
 	seed     maphash.Seed
 	shards   [hubShards]hubShard
 	observer hubObserver
@@ -68,6 +57,13 @@ type hubObserver struct {
 	topicOpened func()
 	topicClosed func()
 	delivered   func(n int)
+	// gapRepaired counts a gap closed (and the messages read back);
+	// gapUnrepaired one that could not be (the stream no longer had the
+	// messages, or NATS did not answer).
+	gapRepaired   func(msgs int)
+	gapUnrepaired func()
+	// panicked hears of a panic on a room's repair goroutine.
+	panicked func(v any)
 }
 
 type hubShard struct {
@@ -75,13 +71,14 @@ type hubShard struct {
 	rooms map[string]*room
 }
 
-// NewHub builds a hub over feed.
-func NewHub(feed Feed) *Hub {
-	h := &Hub{feed: feed, seed: maphash.MakeSeed()}
+// NewHub builds a hub over backend.
+func NewHub(backend Backend, log *slog.Logger) *Hub {
+	h := &Hub{backend: backend, reader: &streamReader{b: backend}, log: log, ctx: context.Background(), seed: maphash.MakeSeed()}
 	for i := range h.shards {
 		h.shards[i].rooms = make(map[string]*room)
 	}
-	h.observer = hubObserver{topicOpened: func() {}, topicClosed: func() {}, delivered: func(int) {}}
+	h.observer = hubObserver{topicOpened: func() {}, topicClosed: func() {}, delivered: func(int) {},
+		gapRepaired: func(int) {}, gapUnrepaired: func() {}, panicked: func(any) {}}
 	h.limitCache(defaultRoomCacheBytes, defaultRoomCacheTotalBytes, new(atomic.Int64), func(float64) {}, func(float64) {})
 	return h
 }
@@ -128,7 +125,8 @@ func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
 	r := sh.rooms[topic]
 	creator := r == nil
 	if creator {
-		r = newRoom(topic, h.observer.delivered, h.feed.Repair, h.cache)
+		r = newRoom(topic, h.observer.delivered, h.repair, h.cache)
+		r.onPanic = h.observer.panicked
 		if strings.HasPrefix(topic, pjs.RoomPrefix) {
 			r.recentMax = h.recent
 		}
@@ -138,7 +136,7 @@ func (h *Hub) Join(topic string, s subscriber, maxPending int) (*room, error) {
 	sh.mu.Unlock()
 
 	if creator {
-		unsub, err := h.feed.Subscribe(topic, r.deliver)
+		unsub, err := h.backend.Subscribe(topic, r.deliver)
 		if err != nil {
 			sh.mu.Lock()
 			if sh.rooms[topic] == r {
@@ -234,7 +232,7 @@ func (h *Hub) Resync(ctx context.Context, workers int) {
 		sh.mu.Unlock()
 	}
 	last := func(topic string) (uint64, bool) {
-		seq, err := h.feed.LastSeq(ctx, topic)
+		seq, err := h.backend.LastSeq(ctx, topic)
 		return seq, err == nil
 	}
 	work := make(chan *room)
@@ -256,4 +254,38 @@ func (h *Hub) Resync(ctx context.Context, workers int) {
 	}
 	close(work)
 	wg.Wait()
+}
+
+// maxRepair bounds one gap repair; a larger gap is logged and counted.
+const maxRepair = 10_000
+
+// repair returns the stored messages of topic with from <= seq <= upTo:
+// what the live subscription missed. It is best effort: it logs and counts
+// what it cannot read. It runs on the room's repair goroutine, never on a
+// dispatcher.
+func (h *Hub) repair(topic string, from, upTo uint64) []Delivery {
+	// A replica answering Direct Get may trail the leader that republished:
+	// retry briefly until the gap's last message (which exists: the live
+	// message named it) is readable.
+	var got []Delivery
+	var err error
+	for attempt := range 5 {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 50 * time.Millisecond)
+		}
+		if h.ctx.Err() != nil {
+			break // the edge is shutting down: nobody is owed the messages
+		}
+		ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
+		got, _, err = h.reader.readRange(ctx, topic, from, upTo, maxRepair)
+		cancel()
+		if err == nil && len(got) > 0 && got[len(got)-1].Seq == upTo {
+			h.observer.gapRepaired(len(got))
+			h.log.Info("repaired live gap", "topic", topic, "from", from, "to", upTo, "msgs", len(got))
+			return got
+		}
+	}
+	h.observer.gapUnrepaired()
+	h.log.Warn("live gap not fully repaired", "topic", topic, "from", from, "to", upTo, "read", len(got), "err", err)
+	return got
 }

@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -12,9 +13,12 @@ import (
 	"github.com/parley-mesh/parley/protocol"
 )
 
-// memFeed is an in-memory Feed: the benchmark calls the captured deliver
-// functions itself, so the hub is measured without a network.
+// memFeed is the live half of a Backend in memory: the benchmark calls the
+// captured deliver functions itself, so the hub is measured without a
+// network. (The rest of Backend is not used by these benchmarks; the
+// recovery tests use memBackend.)
 type memFeed struct {
+	Backend
 	mu       sync.Mutex
 	delivers map[string]func(Delivery)
 }
@@ -27,8 +31,6 @@ func (f *memFeed) Subscribe(topic string, deliver func(Delivery)) (func(), error
 }
 
 func (f *memFeed) LastSeq(context.Context, string) (uint64, error) { return 0, nil }
-
-func (f *memFeed) Repair(string, uint64, uint64) []Delivery { return nil }
 
 // queueSub is a subscriber with a real outbox, drained by a goroutine the
 // way a connection's writer drains it (minus the socket).
@@ -88,7 +90,7 @@ func BenchmarkFanoutCached(b *testing.B) {
 
 func benchFanout(b *testing.B, n, recent int) {
 	feed := &memFeed{delivers: map[string]func(Delivery){}}
-	hub := NewHub(feed)
+	hub := NewHub(feed, slog.New(slog.DiscardHandler))
 	hub.recent = recent
 	subs := make([]*queueSub, n)
 	for i := range subs {
@@ -145,7 +147,7 @@ func BenchmarkHubRoomCache(b *testing.B) {
 	for _, size := range []int{200, 4096} {
 		b.Run(fmt.Sprintf("frame=%d", size), func(b *testing.B) {
 			feed := &memFeed{delivers: map[string]func(Delivery){}}
-			hub := NewHub(feed)
+			hub := NewHub(feed, slog.New(slog.DiscardHandler))
 			hub.recent = 256
 			sub := &countSub{}
 			r, err := hub.Join("chat.room.lobby", sub, 1024)

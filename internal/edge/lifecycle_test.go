@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -19,8 +21,8 @@ import (
 func TestDrainFinishesInFlightPublishes(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.PublishRate = 10000; c.PublishBurst = 10000 })
-	c := dial(t, e, "alice")
-	other := dial(t, e, "bob")
+	c := edgetest.Dial(t, e, "alice")
+	other := edgetest.Dial(t, e, "bob")
 
 	const n = 200
 	acks := make(chan error, n)
@@ -92,12 +94,12 @@ func TestDrainFinishesInFlightPublishes(t *testing.T) {
 func TestNATSRestartEdgeRecovers(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.PublishTimeout = time.Second })
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "lobby")
 	if _, err := c.Publish(ctxT(t), "lobby", "before", 1); err != nil {
 		t.Fatal(err)
 	}
-	next(t, c)
+	edgetest.Next(t, c)
 
 	srv.Stop()
 	if _, err := c.Publish(ctxT(t), "lobby", "during", 2); !isCode(err, protocol.CodeUnavailable) {
@@ -122,7 +124,49 @@ func TestNATSRestartEdgeRecovers(t *testing.T) {
 	if ack.Seq != 2 {
 		t.Fatalf("ack after restart %+v", ack)
 	}
-	if m := next(t, c); m.Seq != 2 || m.MsgID != "during" {
+	if m := edgetest.Next(t, c); m.Seq != 2 || m.MsgID != "during" {
 		t.Fatalf("live delivery after restart: %+v", m)
 	}
+}
+
+// A drain cancels the work of the connections it closes: a history request
+// waiting on an archive that does not answer ends when its connection
+// closes, instead of holding the drain for the request timeout (a minute
+// here, far past the drain's ten seconds).
+func TestDrainCancelsRequestsInFlight(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
+	asked := make(chan struct{}, 1)
+	if _, err := nc.Subscribe("test.archive.silent", func(*nats.Msg) {
+		select { // hear the request, never answer it
+		case asked <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	e := startEdge(t, srv.URL(), func(c *edge.Config) {
+		c.ArchiveSubject = "test.archive.silent"
+		c.RequestTimeout = time.Minute
+	})
+	c := edgetest.Dial(t, e, "alice")
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.History(context.Background(), "empty", 0, 10)
+		done <- err
+	}()
+	select {
+	case <-asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the history request never reached the archive")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Shutdown(ctx); err != nil {
+		t.Fatalf("drain with a request in flight: %v", err)
+	}
+	<-done // answered or disconnected; either way it ended
 }

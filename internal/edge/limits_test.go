@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 )
 
@@ -50,7 +51,7 @@ func eventuallyConnects(t *testing.T, d *websocket.Dialer, url string, h http.He
 func TestConnectionsPerUserLimit(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxConnsPerUser = 2 })
-	alice := wsURL(e) + "?user=alice"
+	alice := edgetest.URL(e) + "?user=alice"
 
 	first, status, body := handshake(t, nil, alice, nil)
 	if first == nil {
@@ -63,13 +64,13 @@ func TestConnectionsPerUserLimit(t *testing.T) {
 	wantRateLimited(t, "third", status, body, "--max-connections-per-user")
 	// Another user is not affected, and neither is a token's user of
 	// another name.
-	if ws, status, body := handshake(t, nil, wsURL(e)+"?user=bob", nil); ws == nil {
+	if ws, status, body := handshake(t, nil, edgetest.URL(e)+"?user=bob", nil); ws == nil {
 		t.Fatalf("bob: HTTP %d %s", status, body)
 	}
-	if v := metric(t, e, `parley_edge_connects_total{result="user_limit"}`); v != 1 {
+	if v := edgetest.Metric(t, e, `parley_edge_connects_total{result="user_limit"}`); v != 1 {
 		t.Errorf("user_limit connects %v, want 1", v)
 	}
-	if v := metric(t, e, "parley_edge_connected_users"); v != 2 {
+	if v := edgetest.Metric(t, e, "parley_edge_connected_users"); v != 2 {
 		t.Errorf("connected users %v, want 2", v)
 	}
 	// One closes: its place is free again.
@@ -108,7 +109,7 @@ func TestConnectionLimitsAreExact(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ws, resp, err := websocket.DefaultDialer.Dial(wsURL(e)+"?user=carol", nil)
+			ws, resp, err := websocket.DefaultDialer.Dial(edgetest.URL(e)+"?user=carol", nil)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -131,16 +132,16 @@ func TestConnectionLimitsAreExact(t *testing.T) {
 	// Every place comes back once: the gauges return to zero and the full
 	// limit is available again.
 	natstest.Eventually(t, 10*time.Second, func() error {
-		if v := metric(t, e, "parley_edge_connected_users"); v != 0 {
+		if v := edgetest.Metric(t, e, "parley_edge_connected_users"); v != 0 {
 			return fmt.Errorf("connected users %v", v)
 		}
-		if v := metric(t, e, "parley_edge_connected_addresses"); v != 0 {
+		if v := edgetest.Metric(t, e, "parley_edge_connected_addresses"); v != 0 {
 			return fmt.Errorf("connected addresses %v", v)
 		}
 		return nil
 	})
 	for i := range limit {
-		if ws, status, body := handshake(t, nil, wsURL(e)+"?user=carol", nil); ws == nil {
+		if ws, status, body := handshake(t, nil, edgetest.URL(e)+"?user=carol", nil); ws == nil {
 			t.Fatalf("connection %d after all closed: HTTP %d %s", i, status, body)
 		}
 	}
@@ -158,7 +159,7 @@ func dialerFrom(ip string) *websocket.Dialer {
 func TestConnectionsPerIPLimit(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxConnsPerIP = 2 })
-	url := func(user string) string { return wsURL(e) + "?user=" + user }
+	url := func(user string) string { return edgetest.URL(e) + "?user=" + user }
 	from2 := dialerFrom("127.0.0.2")
 
 	first, status, body := handshake(t, from2, url("a"), nil)
@@ -174,10 +175,10 @@ func TestConnectionsPerIPLimit(t *testing.T) {
 	if ws, status, body := handshake(t, dialerFrom("127.0.0.3"), url("c"), nil); ws == nil {
 		t.Fatalf("another address: HTTP %d %s", status, body)
 	}
-	if v := metric(t, e, `parley_edge_connects_total{result="ip_limit"}`); v != 1 {
+	if v := edgetest.Metric(t, e, `parley_edge_connects_total{result="ip_limit"}`); v != 1 {
 		t.Errorf("ip_limit connects %v, want 1", v)
 	}
-	if v := metric(t, e, "parley_edge_connected_addresses"); v != 2 {
+	if v := edgetest.Metric(t, e, "parley_edge_connected_addresses"); v != 2 {
 		t.Errorf("connected addresses %v, want 2", v)
 	}
 	first.Close()
@@ -197,7 +198,7 @@ func TestConnectionsPerIPBehindTrustedProxy(t *testing.T) {
 		c.MaxConnsPerIP = 1
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8")}
 	})
-	url := func(user string) string { return wsURL(e) + "?user=" + user }
+	url := func(user string) string { return edgetest.URL(e) + "?user=" + user }
 	proxy := dialerFrom("127.0.0.1")
 	if ws, status, body := handshake(t, proxy, url("a"), headers("X-Forwarded-For", "203.0.113.7, 10.1.2.3")); ws == nil {
 		t.Fatalf("first: HTTP %d %s", status, body)
@@ -262,20 +263,20 @@ func TestWebSocketOutlivesHTTPTimeouts(t *testing.T) {
 		c.PublishRate, c.PublishBurst = 1e5, 1e5
 		c.RequestRate, c.RequestBurst = 1e5, 1e5
 	})
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "lobby")
 	start := time.Now()
 	for i := 0; time.Since(start) < 4*d; i++ {
 		if _, err := c.Publish(ctxT(t), "lobby", fmt.Sprint("busy-", i), i); err != nil {
 			t.Fatalf("publish %d after %v: %v", i, time.Since(start), err)
 		}
-		next(t, c)
+		edgetest.Next(t, c)
 	}
 	noMessage(t, c, 4*d) // idle, well past both timeouts
 	if _, err := c.Publish(ctxT(t), "lobby", "after-idle", 0); err != nil {
 		t.Fatal(err)
 	}
-	next(t, c)
+	edgetest.Next(t, c)
 	if err := c.Err(); err != nil {
 		t.Fatalf("connection ended: %v", err)
 	}

@@ -58,7 +58,7 @@ func TestInsecureEdgeRefusesDNSRebinding(t *testing.T) {
 	})
 	_, port, _ := net.SplitHostPort(e.Addr())
 	evil := "evil.example:" + port
-	url := wsURL(e) + "?user=admin"
+	url := edgetest.URL(e) + "?user=admin"
 
 	for name, h := range map[string]http.Header{
 		"rebound Origin and Host": headers("Origin", "http://"+evil, "Host", evil),
@@ -83,7 +83,7 @@ func TestInsecureEdgeRefusesDNSRebinding(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "DNS-rebinding") {
 		t.Errorf("/metrics for %s: HTTP %d %s", evil, resp.StatusCode, body)
 	}
-	if v := metric(t, e, `parley_edge_connects_total{result="forbidden"}`); v != 4 {
+	if v := edgetest.Metric(t, e, `parley_edge_connects_total{result="forbidden"}`); v != 4 {
 		t.Errorf("forbidden connects %v, want 4", v)
 	}
 	// Each kind of refusal is logged, naming what would allow it, but a
@@ -107,7 +107,7 @@ func TestInsecureEdgeOrigins(t *testing.T) {
 		c.AllowedHosts = []string{"parley.test"}
 	})
 	_, port, _ := net.SplitHostPort(e.Addr())
-	url := wsURL(e) + "?user=alice"
+	url := edgetest.URL(e) + "?user=alice"
 	for _, tc := range []struct {
 		h    http.Header
 		want int
@@ -142,7 +142,7 @@ func TestSecureEdgeSameHostOrigin(t *testing.T) {
 		c.Insecure = false
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
-	url := wsURL(e) + "?token=" + token(t, "alice", time.Hour, auth.Grants{Subscribe: []string{"*"}})
+	url := edgetest.URL(e) + "?token=" + token(t, "alice", time.Hour, auth.Grants{Subscribe: []string{"*"}})
 	host := e.Addr()
 	for _, tc := range []struct {
 		h    http.Header
@@ -170,7 +170,7 @@ func TestListedOriginsNeverAdmitNull(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	for _, allowed := range [][]string{{"*"}, {"null", "chrome-extension://abcdef"}} {
 		e := startEdge(t, srv.URL(), func(c *edge.Config) { c.Insecure = false; c.AllowedOrigins = allowed })
-		url := wsURL(e) + "?token=" + token(t, "alice", time.Hour, auth.Grants{Subscribe: []string{"*"}})
+		url := edgetest.URL(e) + "?token=" + token(t, "alice", time.Hour, auth.Grants{Subscribe: []string{"*"}})
 		want := map[string]int{"null": 403, "https://chat.example": 101, "chrome-extension://abcdef": 101}
 		if allowed[0] == "*" {
 			want["https://chat.example"], want["chrome-extension://abcdef"] = 101, 403

@@ -1,9 +1,11 @@
 package edge
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +18,15 @@ import (
 // connection is the largest remaining cost per connection (its stack).
 type poller struct {
 	epfd int
+	// wakefd is an eventfd in the epoll set (as id 0, which no connection
+	// has): close writes to it so that run returns and closes epfd itself.
+	// Closing epfd under a blocked epoll_wait does not wake it, and the
+	// old loop, woken later by a signal (EINTR), would wait on the fd
+	// number again, by then maybe another edge's poller, and steal its
+	// events.
+	wakefd int
+	closed atomic.Bool
+	done   chan struct{} // closed when run has returned
 
 	mu    sync.Mutex
 	conns map[int32]*Conn
@@ -27,7 +38,18 @@ func newPoller() (*poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	p := &poller{epfd: epfd, conns: make(map[int32]*Conn)}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		_ = unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: 0}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(wakefd)
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	p := &poller{epfd: epfd, wakefd: wakefd, conns: make(map[int32]*Conn), done: make(chan struct{})}
 	go p.run()
 	return p, nil
 }
@@ -70,6 +92,9 @@ func (p *poller) prepare(c *Conn) armed {
 // RawConn.Control, so a connection closed meanwhile is never touched (and
 // its fd number, possibly reused, never registered).
 func (p *poller) arm(rc syscall.RawConn, a armed) error {
+	if p.closed.Load() {
+		return errPollerClosed
+	}
 	var ctlErr error
 	err := rc.Control(func(fd uintptr) {
 		ctlErr = unix.EpollCtl(p.epfd, a.op, int(fd), &a.ev)
@@ -91,6 +116,11 @@ func (p *poller) forget(c *Conn) {
 }
 
 func (p *poller) run() {
+	defer func() {
+		_ = unix.Close(p.epfd)
+		_ = unix.Close(p.wakefd)
+		close(p.done)
+	}()
 	events := make([]unix.EpollEvent, 256)
 	for {
 		n, err := unix.EpollWait(p.epfd, events, -1)
@@ -98,9 +128,12 @@ func (p *poller) run() {
 			continue
 		}
 		if err != nil {
-			return // closed
+			return
 		}
 		for _, ev := range events[:n] {
+			if ev.Fd == 0 { // close
+				return
+			}
 			p.mu.Lock()
 			c := p.conns[ev.Fd]
 			p.mu.Unlock()
@@ -111,4 +144,16 @@ func (p *poller) run() {
 	}
 }
 
-func (p *poller) close() { _ = unix.Close(p.epfd) }
+// close ends run, which closes the poller's fds.
+func (p *poller) close() {
+	if p.closed.Swap(true) {
+		return
+	}
+	var one [8]byte // eventfd takes a uint64 in the host's byte order
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(p.wakefd, one[:])
+}
+
+// errPollerClosed: the edge is shutting down; the reader keeps its
+// connection.
+var errPollerClosed = errors.New("poller closed")

@@ -1,10 +1,8 @@
 package edge
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -12,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/parley-mesh/parley/internal/presence"
+	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
 
@@ -24,7 +22,7 @@ type PresenceConfig struct {
 	// Heartbeat is how often the edge tells presence workers it is alive;
 	// keep it well under the workers' --edge-timeout (default 10 s).
 	Heartbeat time.Duration
-	// MaxUsers bounds a presence reply (at most presence.MaxQueryUsers).
+	// MaxUsers bounds a presence reply (at most pjs.PresenceMaxQueryUsers).
 	MaxUsers int
 }
 
@@ -35,8 +33,8 @@ func (p *PresenceConfig) fillDefaults() {
 	if p.Heartbeat <= 0 {
 		p.Heartbeat = 2 * time.Second
 	}
-	if p.MaxUsers <= 0 || p.MaxUsers > presence.MaxQueryUsers {
-		p.MaxUsers = presence.MaxQueryUsers
+	if p.MaxUsers <= 0 || p.MaxUsers > pjs.PresenceMaxQueryUsers {
+		p.MaxUsers = pjs.PresenceMaxQueryUsers
 	}
 }
 
@@ -98,13 +96,13 @@ func (t *presenceTracker) start() error {
 	if !protocol.ValidName(t.cfg.EdgeID) {
 		return fmt.Errorf("edge id %q is not 1-%d characters of [A-Za-z0-9_-]", t.cfg.EdgeID, protocol.MaxNameLen)
 	}
-	sub, err := t.nc.Subscribe(presence.SyncSubject(t.cfg.EdgeID), t.onSync)
+	sub, err := t.nc.Subscribe(pjs.PresenceSyncSubject(t.cfg.EdgeID), t.onSync)
 	if err != nil {
 		return fmt.Errorf("subscribe presence sync: %w", err)
 	}
 	t.syncSub = sub
 	t.mu.Lock()
-	t.publishLocked(presence.EdgeMsg{Kind: presence.KindHello})
+	t.publishLocked(pjs.PresenceEdgeMsg{Kind: pjs.PresenceKindHello})
 	t.mu.Unlock()
 	go t.beat()
 	return nil
@@ -121,7 +119,7 @@ func (t *presenceTracker) beat() {
 		case <-tick.C:
 			t.mu.Lock()
 			if !t.stopped {
-				t.publishLocked(presence.EdgeMsg{Kind: presence.KindHeartbeat, Entries: len(t.counts), Digest: presence.FormatDigest(t.digest)})
+				t.publishLocked(pjs.PresenceEdgeMsg{Kind: pjs.PresenceKindHeartbeat, Entries: len(t.counts), Digest: pjs.FormatPresenceDigest(t.digest)})
 			}
 			t.mu.Unlock()
 		}
@@ -136,7 +134,7 @@ func (t *presenceTracker) close() {
 		t.mu.Unlock()
 		return
 	}
-	t.publishLocked(presence.EdgeMsg{Kind: presence.KindBye})
+	t.publishLocked(pjs.PresenceEdgeMsg{Kind: pjs.PresenceKindBye})
 	t.stopped = true
 	if t.syncing != nil {
 		t.syncing.Stop()
@@ -158,14 +156,14 @@ func (t *presenceTracker) close() {
 // publishLocked stamps m with the edge id and sequence and publishes it.
 // Holding t.mu orders publishes exactly as the sequence numbers say. A
 // failed publish only shows the worker a gap, which it repairs.
-func (t *presenceTracker) publishLocked(m presence.EdgeMsg) {
+func (t *presenceTracker) publishLocked(m pjs.PresenceEdgeMsg) {
 	m.Edge, m.Seq = t.cfg.EdgeID, t.seq
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.log.Error("encode presence event", "err", err)
 		return
 	}
-	if err := t.nc.Publish(presence.EdgeSubject(t.cfg.EdgeID, m.Kind), b); err != nil {
+	if err := t.nc.Publish(pjs.PresenceEdgeSubject(t.cfg.EdgeID, m.Kind), b); err != nil {
 		t.log.Debug("publish presence event", "kind", m.Kind, "err", err)
 	}
 }
@@ -200,7 +198,7 @@ func (t *presenceTracker) change(c *Conn, room string, delta int) {
 		return
 	}
 	if old > 0 {
-		t.digest ^= presence.EntryHash(room, user, old)
+		t.digest ^= pjs.PresenceEntryHash(room, user, old)
 	}
 	switch {
 	case n == 0:
@@ -213,22 +211,22 @@ func (t *presenceTracker) change(c *Conn, room string, delta int) {
 	}
 	var since int64
 	if n > 0 {
-		t.digest ^= presence.EntryHash(room, user, n)
+		t.digest ^= pjs.PresenceEntryHash(room, user, n)
 		since = lc.since
 	}
-	kind := presence.KindConnect
+	kind := pjs.PresenceKindConnect
 	switch {
 	case room != "" && delta > 0:
-		kind = presence.KindJoin
+		kind = pjs.PresenceKindJoin
 		t.addListener(room, c)
 	case room != "":
-		kind = presence.KindLeave
+		kind = pjs.PresenceKindLeave
 		t.removeListener(room, c)
 	case delta < 0:
-		kind = presence.KindDisconnect
+		kind = pjs.PresenceKindDisconnect
 	}
 	t.seq++
-	t.publishLocked(presence.EdgeMsg{Kind: kind, Room: room, User: user, Conns: n, Since: since})
+	t.publishLocked(pjs.PresenceEdgeMsg{Kind: kind, Room: room, User: user, Conns: n, Since: since})
 }
 
 // addListener puts c among room's push receivers, subscribing the edge to
@@ -242,7 +240,7 @@ func (t *presenceTracker) addListener(room string, c *Conn) {
 		// On the edge's shared dispatch shards, not a goroutine per room;
 		// pushes are at most once: a burst beyond a shard's buffer is
 		// dropped rather than held in memory.
-		unsub, err := t.shards.subscribe(t.nc, presence.RoomSubject(room), t.onAnnouncement(room))
+		unsub, err := t.shards.subscribe(t.nc, pjs.PresenceRoomSubject(room), t.onAnnouncement(room))
 		if err != nil {
 			t.log.Warn("subscribe presence announcements", "room", room, "err", err)
 		} else {
@@ -272,7 +270,7 @@ func (t *presenceTracker) removeListener(room string, c *Conn) {
 // from validated fields rather than passed through.
 func (t *presenceTracker) onAnnouncement(room string) nats.MsgHandler {
 	return func(m *nats.Msg) {
-		var a presence.Announcement
+		var a pjs.PresenceAnnouncement
 		if err := json.Unmarshal(m.Data, &a); err != nil || a.Room != room || !protocol.ValidName(a.User) ||
 			(a.Op != protocol.OpJoin && a.Op != protocol.OpLeave) {
 			t.log.Debug("ignoring invalid presence announcement", "room", room)
@@ -317,20 +315,20 @@ func (t *presenceTracker) onSync(*nats.Msg) {
 // out from between the parts, so the snapshot is exactly the state at its
 // sequence number.
 func (t *presenceTracker) snapshotLocked() {
-	items := make([]presence.Entry, 0, min(len(t.counts), presence.MaxSnapshotPart))
+	items := make([]pjs.PresenceEntry, 0, min(len(t.counts), pjs.PresenceMaxSnapshotPart))
 	part := 0
 	flush := func(final bool) {
-		m := presence.EdgeMsg{Kind: presence.KindSnapshot, Part: part, Final: final, Items: items}
+		m := pjs.PresenceEdgeMsg{Kind: pjs.PresenceKindSnapshot, Part: part, Final: final, Items: items}
 		if final {
-			m.Entries, m.Digest = len(t.counts), presence.FormatDigest(t.digest)
+			m.Entries, m.Digest = len(t.counts), pjs.FormatPresenceDigest(t.digest)
 		}
 		t.publishLocked(m)
 		part++
 		items = items[:0]
 	}
 	for k, lc := range t.counts {
-		items = append(items, presence.Entry{Room: k.room, User: k.user, Conns: lc.conns, Since: lc.since})
-		if len(items) == presence.MaxSnapshotPart {
+		items = append(items, pjs.PresenceEntry{Room: k.room, User: k.user, Conns: lc.conns, Since: lc.since})
+		if len(items) == pjs.PresenceMaxSnapshotPart {
 			flush(false)
 		}
 	}
@@ -348,22 +346,9 @@ func (c *Conn) presence(req *protocol.Request) error {
 		return fmt.Errorf("%w: your token does not allow room %s", protocol.ErrForbidden, req.Room)
 	}
 	t := c.e.presence
-	ctx, cancel := context.WithTimeout(context.Background(), c.e.cfg.RequestTimeout)
-	defer cancel()
-	q, _ := json.Marshal(presence.Query{Room: req.Room, Limit: t.cfg.MaxUsers})
-	m, err := c.e.nc.RequestWithContext(ctx, presence.QuerySubject, q)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return fmt.Errorf("%w: no presence service is running", protocol.ErrUnavailable)
-	case err != nil:
-		return fmt.Errorf("%w: presence service did not answer: %w", protocol.ErrUnavailable, err)
-	}
-	var r presence.QueryReply
-	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return fmt.Errorf("%w: undecodable presence reply: %w", protocol.ErrInternal, err)
-	}
-	if r.Error != nil {
-		return fmt.Errorf("%w: presence service: %s", protocol.ErrUnavailable, r.Error.Message)
+	r, err := c.e.backend.PresenceQuery(c.lifeCtx(), pjs.PresenceQuery{Room: req.Room, Limit: t.cfg.MaxUsers})
+	if err != nil {
+		return err
 	}
 	users := make([]string, 0, min(len(r.Users), t.cfg.MaxUsers))
 	for _, u := range r.Users {

@@ -11,28 +11,29 @@ import (
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/auth"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/presence"
+	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
-func nextPresence(t *testing.T, sub *nats.Subscription, kind string) presence.EdgeMsg {
+func nextPresence(t *testing.T, sub *nats.Subscription, kind string) pjs.PresenceEdgeMsg {
 	t.Helper()
 	for {
 		m, err := sub.NextMsg(5 * time.Second)
 		if err != nil {
 			t.Fatalf("waiting for %s: %v", kind, err)
 		}
-		var em presence.EdgeMsg
+		var em pjs.PresenceEdgeMsg
 		if err := json.Unmarshal(m.Data, &em); err != nil {
 			t.Fatal(err)
 		}
-		if err := em.Validate(); err != nil || m.Subject != presence.EdgeSubject(em.Edge, em.Kind) {
+		if err := em.Validate(); err != nil || m.Subject != pjs.PresenceEdgeSubject(em.Edge, em.Kind) {
 			t.Fatalf("invalid presence message on %s: %s (%v)", m.Subject, m.Data, err)
 		}
 		if em.Kind == kind {
 			return em
 		}
-		if em.Kind != presence.KindHeartbeat {
+		if em.Kind != pjs.PresenceKindHeartbeat {
 			t.Fatalf("got %s, want %s", m.Data, kind)
 		}
 	}
@@ -44,7 +45,7 @@ func nextPresence(t *testing.T, sub *nats.Subscription, kind string) presence.Ed
 func TestPresenceEdgeEventsAndDigest(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	nc := natstest.Connect(t, srv.URL())
-	sub, err := nc.SubscribeSync(presence.EdgePrefix + "e1.*")
+	sub, err := nc.SubscribeSync(pjs.PresenceEdgePrefix + "e1.*")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,37 +55,37 @@ func TestPresenceEdgeEventsAndDigest(t *testing.T) {
 	e := startEdge(t, srv.URL(), func(c *edge.Config) {
 		c.Presence = edge.PresenceConfig{EdgeID: "e1", Heartbeat: 20 * time.Millisecond}
 	})
-	nextPresence(t, sub, presence.KindHello)
-	a1, a2 := dial(t, e, "alice"), dial(t, e, "alice")
-	if m := nextPresence(t, sub, presence.KindConnect); m.Seq != 1 || m.Conns != 1 || m.User != "alice" || m.Since == 0 {
+	nextPresence(t, sub, pjs.PresenceKindHello)
+	a1, a2 := edgetest.Dial(t, e, "alice"), edgetest.Dial(t, e, "alice")
+	if m := nextPresence(t, sub, pjs.PresenceKindConnect); m.Seq != 1 || m.Conns != 1 || m.User != "alice" || m.Since == 0 {
 		t.Fatalf("first connect %+v", m)
 	}
-	if m := nextPresence(t, sub, presence.KindConnect); m.Seq != 2 || m.Conns != 2 {
+	if m := nextPresence(t, sub, pjs.PresenceKindConnect); m.Seq != 2 || m.Conns != 2 {
 		t.Fatalf("second connect %+v", m)
 	}
 	subscribe(t, a1, "lobby")
-	if m := nextPresence(t, sub, presence.KindJoin); m.Seq != 3 || m.Room != "lobby" || m.Conns != 1 {
+	if m := nextPresence(t, sub, pjs.PresenceKindJoin); m.Seq != 3 || m.Room != "lobby" || m.Conns != 1 {
 		t.Fatalf("join %+v", m)
 	}
-	want := presence.EntryHash("", "alice", 2) ^ presence.EntryHash("lobby", "alice", 1)
-	if m := nextPresence(t, sub, presence.KindHeartbeat); m.Seq != 3 || m.Entries != 2 || m.Digest != presence.FormatDigest(want) {
-		t.Fatalf("heartbeat %+v, want digest %s", m, presence.FormatDigest(want))
+	want := pjs.PresenceEntryHash("", "alice", 2) ^ pjs.PresenceEntryHash("lobby", "alice", 1)
+	if m := nextPresence(t, sub, pjs.PresenceKindHeartbeat); m.Seq != 3 || m.Entries != 2 || m.Digest != pjs.FormatPresenceDigest(want) {
+		t.Fatalf("heartbeat %+v, want digest %s", m, pjs.FormatPresenceDigest(want))
 	}
-	if err := nc.Publish(presence.SyncSubject("e1"), []byte(`{"reason":"test"}`)); err != nil {
+	if err := nc.Publish(pjs.PresenceSyncSubject("e1"), []byte(`{"reason":"test"}`)); err != nil {
 		t.Fatal(err)
 	}
-	snap := nextPresence(t, sub, presence.KindSnapshot)
-	if !snap.Final || snap.Part != 0 || snap.Seq != 3 || len(snap.Items) != 2 || snap.Digest != presence.FormatDigest(want) {
+	snap := nextPresence(t, sub, pjs.PresenceKindSnapshot)
+	if !snap.Final || snap.Part != 0 || snap.Seq != 3 || len(snap.Items) != 2 || snap.Digest != pjs.FormatPresenceDigest(want) {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	a2.Close()
-	if m := nextPresence(t, sub, presence.KindDisconnect); m.Seq != 4 || m.Conns != 1 {
+	if m := nextPresence(t, sub, pjs.PresenceKindDisconnect); m.Seq != 4 || m.Conns != 1 {
 		t.Fatalf("disconnect %+v", m)
 	}
 	if err := a1.Unsubscribe(ctxT(t), "lobby"); err != nil {
 		t.Fatal(err)
 	}
-	if m := nextPresence(t, sub, presence.KindLeave); m.Seq != 5 || m.Conns != 0 {
+	if m := nextPresence(t, sub, pjs.PresenceKindLeave); m.Seq != 5 || m.Conns != 0 {
 		t.Fatalf("leave %+v", m)
 	}
 }
@@ -92,7 +93,7 @@ func TestPresenceEdgeEventsAndDigest(t *testing.T) {
 func TestPresenceQueryErrors(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
-	alice := dial(t, e, "alice")
+	alice := edgetest.Dial(t, e, "alice")
 	code := func(err error) string {
 		var ce *client.Error
 		if !errors.As(err, &ce) {
@@ -107,7 +108,7 @@ func TestPresenceQueryErrors(t *testing.T) {
 		t.Fatalf("bad room: %v", err)
 	}
 	tok := token(t, "bob", time.Hour, auth.Grants{Subscribe: []string{"lobby"}})
-	bob, err := client.Dial(ctxT(t), wsURL(e), client.WithToken(tok))
+	bob, err := client.Dial(ctxT(t), edgetest.URL(e), client.WithToken(tok))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,28 +2,22 @@ package edge
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parley-mesh/parley/internal/metrics"
 	"github.com/parley-mesh/parley/protocol"
 )
 
-// publisher turns client publishes into asynchronous JetStream publishes, so
-// many in flight from many clients share the connection without waiting on
-// each other's round trips. It does what nats.go's async publish does, minus
-// a future and a waiting goroutine per message: every publish carries a reply
-// subject under one inbox, one subscription receives the stream's acks, and
-// a sweeper fails what was not acked in time.
+// publisher keeps the books of client publishes handed to the backend
+// without waiting, so many in flight from many clients share the connection
+// without waiting on each other's round trips: which connection and request
+// each answer belongs to (by token), the per-connection and per-edge
+// bounds, a sweeper that fails what was not acked in time, and the count a
+// drain waits for.
 type publisher struct {
-	nc      *nats.Conn
+	backend Backend
 	metrics *metrics.Edge
 	timeout time.Duration
 	max     int // publishes awaiting acks, all connections together
@@ -31,13 +25,7 @@ type publisher struct {
 	// when it drops to zero while a drain waits (see wait).
 	active int
 	idle   chan struct{}
-
-	inbox string // reply subject prefix, "_INBOX.<nuid>."
-	// onPanic hears of a panic while handling one ack (it runs on nats.go's
-	// subscription goroutine, where a panic would end the process).
-	onPanic func(any)
-	sub     *nats.Subscription
-	done    chan struct{}
+	done   chan struct{}
 
 	mu      sync.Mutex
 	next    uint64
@@ -50,38 +38,28 @@ type pendingPub struct {
 	start time.Time
 }
 
-func newPublisher(nc *nats.Conn, m *metrics.Edge, timeout time.Duration, max int, onPanic func(any)) (*publisher, error) {
-	p := &publisher{nc: nc, metrics: m, timeout: timeout, max: max, onPanic: onPanic, inbox: nats.NewInbox() + ".",
-		done: make(chan struct{}), pending: make(map[uint64]pendingPub)}
-	sub, err := nc.Subscribe(p.inbox+"*", p.ack)
-	if err != nil {
-		return nil, fmt.Errorf("publish ack subscription: %w", err)
-	}
-	_ = sub.SetPendingLimits(-1, 64<<20)
-	p.sub = sub
+// newPublisher starts the sweeper; the backend's acks go to acked.
+func newPublisher(m *metrics.Edge, timeout time.Duration, max int) *publisher {
+	p := &publisher{metrics: m, timeout: timeout, max: max, done: make(chan struct{}), pending: make(map[uint64]pendingPub)}
 	go p.sweep()
-	return p, nil
+	return p
 }
 
 // stop ends the sweeper; call after the drain.
-func (p *publisher) stop() {
-	close(p.done)
-	_ = p.sub.Unsubscribe()
-}
+func (p *publisher) stop() { close(p.done) }
 
-// publish sends one message; the reply reaches c when JetStream answers.
+// publish sends one message; the reply reaches c when the stream answers.
 func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byte) error {
-	if !p.nc.IsConnected() {
+	if !p.backend.Connected() {
 		return fmt.Errorf("%w: not connected to NATS; retry with the same msg_id", protocol.ErrUnavailable)
 	}
-	m := nats.NewMsg(subject)
-	m.Data = envelope(c.ident.User, msgID, data)
+	var dedupID string
 	if msgID != "" {
 		// Dedup ids are scoped to the publisher and the target: a user
 		// cannot suppress another's message by reusing its msg_id, and a
 		// client numbering its messages per room does not lose the second
 		// room's "m-1". Names and subjects never hold ':'.
-		m.Header.Set(jetstream.MsgIDHeader, c.ident.User+":"+subject+":"+msgID)
+		dedupID = c.ident.User + ":" + subject + ":" + msgID
 	}
 	p.mu.Lock()
 	// Checked under mu: a drain marks connections draining before it waits
@@ -102,11 +80,9 @@ func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byt
 	p.active++
 	p.mu.Unlock()
 	p.metrics.PublishesPending.Inc()
-	m.Reply = p.inbox + strconv.FormatUint(token, 10)
-	if err := p.nc.PublishMsg(m); err != nil {
+	if err := p.backend.Publish(token, subject, dedupID, envelope(c.ident.User, msgID, data)); err != nil {
 		if pp, ok := p.take(token); ok {
-			p.finish(pp, fmt.Errorf("%w: publish not accepted (%w); retry with the same msg_id", protocol.ErrUnavailable, err))
-			return nil
+			p.finish(pp, err)
 		}
 	}
 	return nil
@@ -123,75 +99,16 @@ func (p *publisher) take(token uint64) (pendingPub, bool) {
 	return pp, ok
 }
 
-// ack handles the stream's answer to one publish.
-func (p *publisher) ack(m *nats.Msg) {
-	defer func() {
-		if v := recover(); v != nil && p.onPanic != nil {
-			p.onPanic(v)
-		}
-	}()
-	token, err := strconv.ParseUint(m.Subject[len(p.inbox):], 10, 64)
-	if err != nil {
-		return
-	}
+// acked is the backend's answer to one publish (Backend.Publish).
+func (p *publisher) acked(token, seq uint64, dup bool, err error) {
 	pp, ok := p.take(token)
 	if !ok {
 		return // answered already (timed out)
 	}
-	if m.Header.Get("Status") == "503" {
-		p.finish(pp, fmt.Errorf("%w: no stream answered; retry with the same msg_id", protocol.ErrUnavailable))
-		return
+	if err == nil {
+		pp.c.reply(protocol.Reply{ID: pp.id, OK: true, Seq: &seq, Dup: &dup})
 	}
-	var ack pubAck
-	if err := ack.decode(m.Data); err != nil {
-		p.finish(pp, fmt.Errorf("%w: undecodable ack: %w", protocol.ErrInternal, err))
-		return
-	}
-	if ack.Error != nil {
-		p.finish(pp, publishError(ack.Error))
-		return
-	}
-	if ack.Seq == 0 {
-		p.finish(pp, fmt.Errorf("%w: ack without a sequence", protocol.ErrInternal))
-		return
-	}
-	pp.c.reply(protocol.Reply{ID: pp.id, OK: true, Seq: &ack.Seq, Dup: &ack.Duplicate})
-	p.finish(pp, nil)
-}
-
-// pubAck is JetStream's answer to a publish.
-type pubAck struct {
-	Seq       uint64              `json:"seq"`
-	Duplicate bool                `json:"duplicate"`
-	Error     *jetstream.APIError `json:"error"`
-}
-
-// decode reads an ack; the common {"stream":…,"seq":…} by hand (one per
-// client publish), anything else with encoding/json.
-func (a *pubAck) decode(b []byte) error {
-	s := protocol.Scanner{B: b}
-	ok := s.Fields(func(key []byte) bool {
-		switch string(key) {
-		case "stream", "domain":
-			_, ok := s.Str()
-			return ok
-		case "seq":
-			n, ok := s.Uint()
-			a.Seq = n
-			return ok
-		case "duplicate":
-			start := s.I
-			ok := s.Skip()
-			a.Duplicate = string(b[start:s.I]) == "true"
-			return ok
-		}
-		return false
-	})
-	if ok {
-		return nil
-	}
-	*a = pubAck{}
-	return json.Unmarshal(b, a)
+	p.finish(pp, err)
 }
 
 // finish accounts for one answered publish; with err it replies first. The
@@ -263,19 +180,6 @@ func (p *publisher) sweep() {
 			expired = expired[:0]
 		}
 	}
-}
-
-// publishError maps a failed JetStream publish to a protocol error. Only a
-// stored message is acknowledged, so every failure is safe to retry.
-func publishError(err error) error {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		if apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum {
-			return fmt.Errorf("%w: message exceeds the stream's maximum size", protocol.ErrTooLarge)
-		}
-		return fmt.Errorf("%w: stream refused the message: %s", protocol.ErrUnavailable, apiErr.Description)
-	}
-	return fmt.Errorf("%w: publish not confirmed (%w); retry with the same msg_id", protocol.ErrUnavailable, err)
 }
 
 // envelope builds the NATS payload: {"from":…,"msg_id":…,"data":…}.

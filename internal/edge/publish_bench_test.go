@@ -10,6 +10,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
@@ -59,7 +60,7 @@ func BenchmarkPublishPath(b *testing.B) {
 		})
 		cs := make([]*client.Client, clients)
 		for i := range cs {
-			c, err := client.Dial(context.Background(), wsURL(e), client.WithUser(fmt.Sprint("bench", i)))
+			c, err := client.Dial(context.Background(), edgetest.URL(e), client.WithUser(fmt.Sprint("bench", i)))
 			if err != nil {
 				b.Fatal(err)
 			}

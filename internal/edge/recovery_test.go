@@ -3,11 +3,8 @@ package edge_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -78,7 +76,7 @@ func collect(t *testing.T, c *client.Client, n int) []uint64 {
 	t.Helper()
 	seqs := make([]uint64, 0, n)
 	for len(seqs) < n {
-		seqs = append(seqs, next(t, c).Seq)
+		seqs = append(seqs, edgetest.Next(t, c).Seq)
 	}
 	return seqs
 }
@@ -102,7 +100,7 @@ func TestResumeOnAnotherEdge(t *testing.T) {
 	a, b := startEdge(t, srv.URL(), nil), startEdge(t, srv.URL(), nil)
 	be := newBackend(t, srv.URL())
 
-	c := dial(t, a, "alice")
+	c := edgetest.Dial(t, a, "alice")
 	subscribe(t, c, "lobby")
 	var seen []uint64
 	for i := range 3 {
@@ -116,7 +114,7 @@ func TestResumeOnAnotherEdge(t *testing.T) {
 		be.pub("other", i) // interleaved traffic of other rooms
 		missed = append(missed, be.pub("lobby", 100+i))
 	}
-	c2 := dial(t, b, "alice")
+	c2 := edgetest.Dial(t, b, "alice")
 	r, err := c2.Subscribe(ctxT(t), "lobby", client.Since(seen[2]))
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +124,7 @@ func TestResumeOnAnotherEdge(t *testing.T) {
 	}
 	equalSeqs(t, "replay", collect(t, c2, 50), missed)
 	live := be.pub("lobby", 999)
-	if m := next(t, c2); m.Seq != live {
+	if m := edgetest.Next(t, c2); m.Seq != live {
 		t.Fatalf("after the replay got seq %d, want live %d", m.Seq, live)
 	}
 	noMessage(t, c2, 100*time.Millisecond)
@@ -176,7 +174,7 @@ func TestResumeUnderContinuousPublishing(t *testing.T) {
 		})
 	}
 	waitStored(20)
-	c := dial(t, a, "alice")
+	c := edgetest.Dial(t, a, "alice")
 	sub := subscribe(t, c, "busy")
 	first := collect(t, c, 10)
 	c.Close()
@@ -184,7 +182,7 @@ func TestResumeUnderContinuousPublishing(t *testing.T) {
 
 	for round := range 3 { // resume several times, alternating edges
 		target := []*edge.Edge{b, a}[round%2]
-		c = dial(t, target, "alice")
+		c = edgetest.Dial(t, target, "alice")
 		last := first[len(first)-1]
 		r, err := c.Subscribe(ctxT(t), "busy", client.Since(last))
 		if err != nil || r.Recovered == nil || !*r.Recovered {
@@ -227,7 +225,7 @@ func TestResumeAfterRetentionSaysNotRecovered(t *testing.T) {
 	for i := range 20 {
 		seqs = append(seqs, be.pub("small", i))
 	}
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	r, err := c.Subscribe(ctxT(t), "small", client.Since(seqs[1]))
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +236,7 @@ func TestResumeAfterRetentionSaysNotRecovered(t *testing.T) {
 	equalSeqs(t, "what is left", collect(t, c, 5), seqs[15:])
 
 	// A resume within what is kept is recovered.
-	c2 := dial(t, e, "bob")
+	c2 := edgetest.Dial(t, e, "bob")
 	r, err = c2.Subscribe(ctxT(t), "small", client.Since(seqs[16]))
 	if err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("resume within retention: %+v %v", r, err)
@@ -268,7 +266,7 @@ func TestSubLastAndHistory(t *testing.T) {
 	}
 	<-js.PublishAsyncComplete()
 
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	r, err := c.Subscribe(ctxT(t), "lobby", client.Last(15))
 	if err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("sub last: %+v %v", r, err)
@@ -313,11 +311,11 @@ func TestSubLastAndHistory(t *testing.T) {
 func TestLiveGapRepairedAfterNATSRestart(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdgeWith(t, srv.URL(), nil, nats.ReconnectWait(time.Second), nats.ReconnectJitter(0, 0))
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "lobby")
 	be := newBackend(t, srv.URL())
 	first := be.pub("lobby", 0)
-	if m := next(t, c); m.Seq != first {
+	if m := edgetest.Next(t, c); m.Seq != first {
 		t.Fatalf("got %+v", m)
 	}
 
@@ -343,7 +341,7 @@ func TestLiveGapRepairedAfterNATSRestart(t *testing.T) {
 	// Published after the edge resubscribed: arrives live, reveals the gap.
 	natstest.Eventually(t, 10*time.Second, func() error {
 		be.pub("lobby", 100)
-		if metric(t, e, "parley_edge_gaps_repaired_total") < 1 {
+		if edgetest.Metric(t, e, "parley_edge_gaps_repaired_total") < 1 {
 			return fmt.Errorf("no gap repaired yet")
 		}
 		return nil
@@ -379,25 +377,6 @@ func awaitAcks(t *testing.T, futures []jetstream.PubAckFuture, within time.Durat
 	return seqs
 }
 
-var metricLine = regexp.MustCompile(`(?m)^(\S+) ([0-9.e+-]+)$`)
-
-func metric(t *testing.T, e *edge.Edge, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + e.Addr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, m := range metricLine.FindAllStringSubmatch(string(body), -1) {
-		if m[1] == name {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			return v
-		}
-	}
-	return 0
-}
-
 // While someone on the edge keeps a room subscribed, the edge holds the
 // room's latest messages: a resume on that edge is served from them, with
 // exactly the messages the stream would give and no stream read.
@@ -405,12 +384,12 @@ func TestResumeFromTheRoomsRecentMessages(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), nil)
 	be := newBackend(t, srv.URL())
-	keeper := dial(t, e, "keeper")
+	keeper := edgetest.Dial(t, e, "keeper")
 	subscribe(t, keeper, "lobby")
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "lobby")
 	first := be.pub("lobby", 0)
-	if m := next(t, c); m.Seq != first {
+	if m := edgetest.Next(t, c); m.Seq != first {
 		t.Fatalf("got %+v", m)
 	}
 	c.Close()
@@ -421,23 +400,23 @@ func TestResumeFromTheRoomsRecentMessages(t *testing.T) {
 	}
 	equalSeqs(t, "keeper", collect(t, keeper, 21), append([]uint64{first}, missed...))
 
-	c2 := dial(t, e, "alice")
+	c2 := edgetest.Dial(t, e, "alice")
 	r, err := c2.Subscribe(ctxT(t), "lobby", client.Since(first))
 	if err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("resume: %+v %v", r, err)
 	}
 	equalSeqs(t, "resume", collect(t, c2, 20), missed)
-	if got := metric(t, e, "parley_edge_replayed_from_memory_total"); got != 20 {
+	if got := edgetest.Metric(t, e, "parley_edge_replayed_from_memory_total"); got != 20 {
 		t.Fatalf("replayed from memory %v, want 20", got)
 	}
-	c3 := dial(t, e, "bob")
+	c3 := edgetest.Dial(t, e, "bob")
 	if _, err := c3.Subscribe(ctxT(t), "lobby", client.Last(5)); err != nil {
 		t.Fatal(err)
 	}
 	equalSeqs(t, "last 5", collect(t, c3, 5), missed[15:])
 	live := be.pub("lobby", 99)
 	for _, cl := range []*client.Client{c2, c3} {
-		if m := next(t, cl); m.Seq != live {
+		if m := edgetest.Next(t, cl); m.Seq != live {
 			t.Fatalf("after the replay got %+v, want live %d", m, live)
 		}
 	}
@@ -468,7 +447,7 @@ func TestLargeResumesAndHistoryPages(t *testing.T) {
 	}
 	seqs = append(seqs, awaitAcks(t, futures, 10*time.Second)...)
 
-	c := dial(t, e, "reader")
+	c := edgetest.Dial(t, e, "reader")
 	for _, limit := range []int{129, 255, 256, 257, 300, 500} {
 		msgs, err := c.History(ctxT(t), "big", 0, limit)
 		if err != nil {
@@ -499,7 +478,7 @@ func TestLargeResumesAndHistoryPages(t *testing.T) {
 		{"since 0, 1300 stored", client.Since(0), seqs, true},
 		{"last 1300", client.Last(1300), seqs[n-1000:], true},
 	} {
-		c := dial(t, e, "resumer")
+		c := edgetest.Dial(t, e, "resumer")
 		r, err := c.Subscribe(ctxT(t), "big", tc.opt)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
@@ -530,20 +509,20 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 		}
 		seqs = append(seqs, ack.Sequence)
 	}
-	c := dial(t, e, "resumer")
+	c := edgetest.Dial(t, e, "resumer")
 	r, err := c.Subscribe(ctxT(t), "heavy", client.Since(0))
 	if err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("resume of 100 × 2 KB with a 64 KiB queue: %+v %v", r, err)
 	}
 	equalSeqs(t, "paced resume", collect(t, c, len(seqs)), seqs)
-	if live := be.pub("heavy", 999); next(t, c).Seq != live {
+	if live := be.pub("heavy", 999); edgetest.Next(t, c).Seq != live {
 		t.Fatalf("after the paced resume, live seq %d did not follow", live)
 	} else {
 		seqs = append(seqs, live)
 	}
 	c.Close()
 	for _, opt := range []client.SubOption{client.Last(100)} {
-		c := dial(t, e, "heavy")
+		c := edgetest.Dial(t, e, "heavy")
 		r, err := c.Subscribe(ctxT(t), "heavy", opt)
 		if err != nil {
 			t.Fatal(err)
@@ -552,14 +531,14 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 			t.Fatalf("reply %+v, want recovered:false for the size", r)
 		}
 		// About 2 KB each, at most 32 KiB: the newest 15 or so.
-		m := next(t, c)
+		m := edgetest.Next(t, c)
 		k := slices.Index(seqs, m.Seq)
 		if k < len(seqs)-20 {
 			t.Fatalf("replay starts at message %d (seq %d): more than half the queue", k, m.Seq)
 		}
 		equalSeqs(t, "the newest that fit", append([]uint64{m.Seq}, collect(t, c, len(seqs)-1-k)...), seqs[k:])
 		live := be.pub("heavy", 1000)
-		if m := next(t, c); m.Seq != live {
+		if m := edgetest.Next(t, c); m.Seq != live {
 			t.Fatalf("after the replay got %+v, want live seq %d", m, live)
 		}
 		seqs = append(seqs, live)
@@ -568,7 +547,7 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 
 	// history is bounded the same way: the newest that fit, and the
 	// connection stays.
-	h := dial(t, e, "historian")
+	h := edgetest.Dial(t, e, "historian")
 	msgs, err := h.History(ctxT(t), "heavy", 0, 100)
 	if err != nil {
 		t.Fatal(err)
@@ -584,7 +563,7 @@ func TestResumeBoundedByTheQueue(t *testing.T) {
 		t.Fatalf("after the history: %v", err)
 	}
 
-	c = dial(t, e, "zero")
+	c = edgetest.Dial(t, e, "zero")
 	r, err = c.Subscribe(ctxT(t), "heavy", client.Last(0))
 	if err != nil || r.Recovered != nil {
 		t.Fatalf("last 0: %+v %v, want a plain sub", r, err)
@@ -605,7 +584,7 @@ func TestResumeAfterStreamReset(t *testing.T) {
 	be := newBackend(t, srv.URL())
 	a1, a2 := be.pub("reset", 1), be.pub("reset", 2)
 
-	c := dial(t, e, "carol")
+	c := edgetest.Dial(t, e, "carol")
 	r, err := c.Subscribe(ctxT(t), "reset", client.Since(a2+1000))
 	if err != nil {
 		t.Fatal(err)
@@ -613,17 +592,17 @@ func TestResumeAfterStreamReset(t *testing.T) {
 	if r.Recovered == nil || *r.Recovered || !strings.Contains(r.Reason, "reset") || r.Seq != a2 {
 		t.Fatalf("reply %+v, want recovered:false saying the stream was reset, seq %d", r, a2)
 	}
-	if seq := be.pub("reset", 4); next(t, c).Seq != seq {
+	if seq := be.pub("reset", 4); edgetest.Next(t, c).Seq != seq {
 		t.Fatalf("after the reset the new message (seq %d) did not arrive first", seq)
 	}
 
 	other := be.pub("elsewhere", 3) // beyond the room's newest, within the stream
-	d := dial(t, e, "dave")
+	d := edgetest.Dial(t, e, "dave")
 	r, err = d.Subscribe(ctxT(t), "reset", client.Since(other))
 	if err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("resume from beyond the room's newest, within the stream: %+v %v", r, err)
 	}
-	if seq := be.pub("reset", 5); next(t, d).Seq != seq {
+	if seq := be.pub("reset", 5); edgetest.Next(t, d).Seq != seq {
 		t.Fatalf("dave did not get seq %d next", seq)
 	}
 	_ = a1

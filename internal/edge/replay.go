@@ -6,10 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
 
@@ -171,8 +167,8 @@ func (c *Conn) runReplay(ctx context.Context, r *room, since, upTo uint64, plan 
 	if plan.complete {
 		through = max(through, upTo)
 	}
-	cur := &streamCursor{js: c.e.js, reader: c.e.reader, topic: r.topic, target: pushTarget(r.topic),
-		inactive: max(30*time.Second, 3*cfg.WriteTimeout), timeout: cfg.RequestTimeout}
+	cur := &streamCursor{b: c.e.backend, reader: c.e.reader, topic: r.topic,
+		inactive: max(30*time.Second, 3*cfg.WriteTimeout)}
 	defer cur.close()
 	need := upTo // the stream must be read at least this far
 	for {
@@ -208,65 +204,34 @@ func (c *Conn) runReplay(ctx context.Context, r *room, since, upTo uint64, plan 
 	}
 }
 
-// streamCursor reads one topic's stored messages forwards through an
-// ephemeral ordered consumer, created when first needed and again whenever
-// the reader asks for another position than where it stands (after the
-// replay moved ahead on pending, which is rare: a client slower than the
-// room's live rate).
+// streamCursor reads one topic's stored messages forwards through a backend
+// cursor (on NATS an ephemeral ordered consumer), opened when first needed
+// and again whenever the reader asks for another position than where it
+// stands (after the replay moved ahead on pending, which is rare: a client
+// slower than the room's live rate).
 type streamCursor struct {
-	js       jetstream.JetStream
+	b        Backend
 	reader   *streamReader
 	topic    string
-	target   target
-	inactive time.Duration // the server deletes the consumer after this idle
-	timeout  time.Duration // for creating and deleting it
+	inactive time.Duration // the backend may drop the cursor after this idle
 
-	cons jetstream.Consumer
-	it   jetstream.MessagesContext
-	stop func() bool // unregisters the stop-on-cancel hook
-	pos  uint64      // the last sequence read
-}
-
-// open starts the consumer at the topic's first message after seq after.
-func (s *streamCursor) open(ctx context.Context, after uint64) error {
-	octx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	cons, err := s.js.OrderedConsumer(octx, pjs.ChatStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects:    []string{s.topic},
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       after + 1,
-		InactiveThreshold: s.inactive,
-		MaxResetAttempts:  replayResets,
-		Metadata:          map[string]string{"parley": "edge long resume"},
-	})
-	if err != nil {
-		return fmt.Errorf("create the replay consumer: %w", err)
-	}
-	s.cons = cons
-	it, err := cons.Messages(jetstream.PullMaxMessages(replayPull))
-	if err != nil {
-		s.close()
-		return fmt.Errorf("read the replay consumer: %w", err)
-	}
-	s.it = it
-	// Next has no context of its own here (it takes a timeout): stopping
-	// the iterator is what ends a Next when the replay is cancelled.
-	s.stop = context.AfterFunc(ctx, it.Stop)
-	s.pos = after
-	return nil
+	cur Cursor
+	pos uint64 // the last sequence read
 }
 
 // next returns the topic's first stored message after seq after.
 func (s *streamCursor) next(ctx context.Context, after uint64) (Delivery, error) {
-	if s.cons == nil || s.pos != after {
+	if s.cur == nil || s.pos != after {
 		s.close()
-		if err := s.open(ctx, after); err != nil {
+		cur, err := s.b.OpenCursor(ctx, s.topic, after, s.inactive)
+		if err != nil {
 			return Delivery{}, err
 		}
+		s.cur, s.pos = cur, after
 	}
 	for {
-		m, err := s.it.Next(jetstream.NextMaxWait(replayIdle))
-		if errors.Is(err, nats.ErrTimeout) {
+		d, err := s.cur.Next(replayIdle)
+		if errors.Is(err, errCursorIdle) {
 			// Messages are owed (the sub's position, or what pending
 			// dropped, lies beyond after) yet none came: unless the
 			// stream still holds some after after, retention took them.
@@ -279,10 +244,6 @@ func (s *streamCursor) next(ctx context.Context, after uint64) (Delivery, error)
 		if err != nil {
 			return Delivery{}, err
 		}
-		d, err := decodeConsumed(m, s.target)
-		if err != nil {
-			return Delivery{}, err
-		}
 		if d.Seq <= after { // an ordered consumer never goes back; be sure
 			continue
 		}
@@ -291,35 +252,11 @@ func (s *streamCursor) next(ctx context.Context, after uint64) (Delivery, error)
 	}
 }
 
-// close stops reading and deletes the consumer: an ordered consumer's Stop
-// leaves it on the server until its inactivity threshold, and a client
-// that leaves mid-replay must not leave one behind.
+// close ends the cursor (on NATS: deletes the consumer, so that a client
+// that leaves mid-replay leaves none behind).
 func (s *streamCursor) close() {
-	if s.cons == nil {
-		return
+	if s.cur != nil {
+		s.cur.Close()
+		s.cur = nil
 	}
-	if s.stop != nil {
-		s.stop()
-	}
-	if s.it != nil {
-		s.it.Stop()
-	}
-	if info := s.cons.CachedInfo(); info != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		// Best effort: the inactivity threshold removes it otherwise.
-		_ = s.js.DeleteConsumer(ctx, pjs.ChatStream, info.Name)
-		cancel()
-	}
-	s.cons, s.it, s.stop = nil, nil, nil
-}
-
-// decodeConsumed is decodeLive for a message delivered by a consumer: its
-// sequence and time are in the reply subject's metadata, not in headers.
-func decodeConsumed(m jetstream.Msg, t target) (Delivery, error) {
-	md, err := m.Metadata()
-	if err != nil {
-		return Delivery{}, fmt.Errorf("%w: replayed message: %w", protocol.ErrInternal, err)
-	}
-	seq := md.Sequence.Stream
-	return Delivery{Seq: seq, Frame: encodeStored(seq, md.Timestamp.UnixMilli(), m.Data(), m.Headers(), t)}, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 )
 
@@ -45,7 +46,7 @@ func BenchmarkResumeEndToEnd(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/msgs=%d", path.name, n), func(b *testing.B) {
 				since := uint64(most - n) // the room's seqs are 1..most
 				for b.Loop() {
-					c, err := client.Dial(b.Context(), wsURL(path.e), client.WithUser("bench"), client.WithMessageBuffer(4096))
+					c, err := client.Dial(b.Context(), edgetest.URL(path.e), client.WithUser("bench"), client.WithMessageBuffer(4096))
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -49,7 +49,8 @@ func BenchmarkReplayRead(b *testing.B) {
 		}
 	}
 	<-js.PublishAsyncComplete()
-	reader := &streamReader{nc: nc, stream: pjs.ChatStream, timeout: 10 * time.Second}
+	backend := &natsBackend{nc: nc, js: js, name: pjs.ChatStream, timeout: 10 * time.Second}
+	reader := &streamReader{b: backend}
 	for _, n := range []int{100, 300, 1_000, 10_000, most} {
 		b.Run(fmt.Sprintf("directget/msgs=%d", n), func(b *testing.B) {
 			benchRead(b, n, func() int {
@@ -62,8 +63,7 @@ func BenchmarkReplayRead(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("consumer/msgs=%d", n), func(b *testing.B) {
 			benchRead(b, n, func() int {
-				cur := &streamCursor{js: js, reader: reader, topic: topic, target: pushTarget(topic),
-					inactive: 30 * time.Second, timeout: 10 * time.Second}
+				cur := &streamCursor{b: backend, reader: reader, topic: topic, inactive: 30 * time.Second}
 				defer cur.close()
 				var after uint64
 				for i := range n {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -84,10 +85,10 @@ func TestLongResumeGetsEveryMessage(t *testing.T) {
 	be := newBackend(t, srv.URL())
 	js := natstest.JetStream(t, srv.URL())
 
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "long")
 	first := be.pub("long", -1)
-	if m := next(t, c); m.Seq != first {
+	if m := edgetest.Next(t, c); m.Seq != first {
 		t.Fatalf("got %+v", m)
 	}
 	c.Close()
@@ -95,7 +96,7 @@ func TestLongResumeGetsEveryMessage(t *testing.T) {
 	// that the edge's queue is what holds the replay back.
 	missed := publishMany(t, js, "chat.room.long", 20_000, 1000)
 
-	c2 := dial(t, e, "alice")
+	c2 := edgetest.Dial(t, e, "alice")
 	r, err := c2.Subscribe(ctxT(t), "long", client.Since(first))
 	if err != nil {
 		t.Fatal(err)
@@ -128,30 +129,30 @@ func TestLongResumeGetsEveryMessage(t *testing.T) {
 	live := <-during
 	equalSeqs(t, "published during the replay", collectFor(t, c2, len(live), 30*time.Second), live)
 	after := be.pub("long", 99)
-	if m := next(t, c2); m.Seq != after {
+	if m := edgetest.Next(t, c2); m.Seq != after {
 		t.Fatalf("after the replay got seq %d, want live %d", m.Seq, after)
 	}
 	noMessage(t, c2, 100*time.Millisecond)
 	if d := c2.Duplicates(); d != 0 {
 		t.Fatalf("the client dropped %d duplicates", d)
 	}
-	if n := metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); n != 0 {
+	if n := edgetest.Metric(t, e, `parley_edge_disconnects_total{reason="slow_consumer"}`); n != 0 {
 		t.Fatalf("%v slow-consumer closes", n)
 	}
-	if n := metric(t, e, "parley_edge_replayed_from_consumer_total"); n < 15_000 {
+	if n := edgetest.Metric(t, e, "parley_edge_replayed_from_consumer_total"); n < 15_000 {
 		t.Fatalf("replayed from the consumer: %v, want most of 20,000", n)
 	}
 	natstest.Eventually(t, 10*time.Second, func() error {
 		if n := consumers(t, be.js); n != 0 {
 			return fmt.Errorf("%d consumers left on the stream", n)
 		}
-		if n := metric(t, e, "parley_edge_replays_active"); n != 0 {
+		if n := edgetest.Metric(t, e, "parley_edge_replays_active"); n != 0 {
 			return fmt.Errorf("%v replays active", n)
 		}
 		return nil
 	})
 	natstest.Eventually(t, 10*time.Second, func() error {
-		if n := metric(t, e, `parley_edge_replays_total{result="completed"}`); n != 1 {
+		if n := edgetest.Metric(t, e, `parley_edge_replays_total{result="completed"}`); n != 1 {
 			return fmt.Errorf("replays completed: %v", n)
 		}
 		return nil
@@ -173,7 +174,7 @@ func TestLongResumeRacingLiveTraffic(t *testing.T) {
 	// ground truth (storedSeqs would make a consumer per message).
 	want := publishMany(t, js, "chat.room.race", stored, 1000)
 
-	c := dial(t, e, "bob")
+	c := edgetest.Dial(t, e, "bob")
 	r, err := c.Subscribe(ctxT(t), "race", client.Since(0))
 	if err != nil || r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("resume: %+v %v", r, err)
@@ -209,7 +210,7 @@ func TestLongResumeRacingLiveTraffic(t *testing.T) {
 	got = append(got, collectFor(t, c, len(want)-len(got), 2*time.Minute)...)
 	equalSeqs(t, "every message after since", got, want)
 	noMessage(t, c, 100*time.Millisecond)
-	if n := metric(t, e, "parley_edge_replayed_from_consumer_total"); n <= stored-1000 {
+	if n := edgetest.Metric(t, e, "parley_edge_replayed_from_consumer_total"); n <= stored-1000 {
 		t.Fatalf("replayed from the consumer: %v; the replay never read past its start position", n)
 	}
 	natstest.Eventually(t, 10*time.Second, func() error {
@@ -234,7 +235,7 @@ func TestLongResumeCleanedUp(t *testing.T) {
 			if n := consumers(t, js); n != base {
 				return fmt.Errorf("%d consumers on the stream, %d before", n, base)
 			}
-			if n := metric(t, e, "parley_edge_replays_active"); n != 0 {
+			if n := edgetest.Metric(t, e, "parley_edge_replays_active"); n != 0 {
 				return fmt.Errorf("%v replays active", n)
 			}
 			return nil
@@ -254,12 +255,12 @@ func TestLongResumeCleanedUp(t *testing.T) {
 		})
 	}
 
-	c := dial(t, e, "carol")
+	c := edgetest.Dial(t, e, "carol")
 	midReplay(c)
 	c.Close()
 	settled()
 
-	d := dial(t, e, "dave")
+	d := edgetest.Dial(t, e, "dave")
 	midReplay(d)
 	// What was queued before the unsub's reply still arrives (read it
 	// meanwhile: the client's buffer must not fill up); nothing after it.
@@ -287,7 +288,7 @@ func TestLongResumeCleanedUp(t *testing.T) {
 	}
 	noMessage(t, d, 200*time.Millisecond)
 	settled()
-	if n := metric(t, e, `parley_edge_replays_total{result="cancelled"}`); n != 2 {
+	if n := edgetest.Metric(t, e, `parley_edge_replays_total{result="cancelled"}`); n != 2 {
 		t.Fatalf("replays cancelled: %v, want 2", n)
 	}
 	// The connection goes on: a new resume of the room works.
@@ -315,7 +316,7 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 		room string
 		want []uint64
 	}{{"one", a}, {"two", b}} {
-		c := dial(t, e, "resumer-"+tc.room)
+		c := edgetest.Dial(t, e, "resumer-"+tc.room)
 		go func() {
 			r, err := c.Subscribe(ctx, tc.room, client.Since(0))
 			if err == nil && (r.Recovered == nil || !*r.Recovered) {
@@ -323,7 +324,7 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 			}
 			if err == nil {
 				// A reply means a slot: one of the two replays is over.
-				if n := metric(t, e, "parley_edge_replays_active"); n != 1 {
+				if n := edgetest.Metric(t, e, "parley_edge_replays_active"); n != 1 {
 					err = fmt.Errorf("%s: %v replays active with --max-replays 1", tc.room, n)
 				}
 			}
@@ -354,7 +355,7 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 		}
 	}
 	natstest.Eventually(t, 10*time.Second, func() error {
-		if n := metric(t, e, `parley_edge_replays_total{result="completed"}`); n != 2 {
+		if n := edgetest.Metric(t, e, `parley_edge_replays_total{result="completed"}`); n != 2 {
 			return fmt.Errorf("replays completed: %v, want 2", n)
 		}
 		return nil
@@ -363,7 +364,7 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 	// A client that stops reading holds its slot (its replay waits for its
 	// queue); another resume then gets unavailable after the sub's deadline.
 	short := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxReplays = 1; c.RequestTimeout = 200 * time.Millisecond })
-	stalled, err := client.Dial(t.Context(), wsURL(short), client.WithUser("stalled"), client.WithMessageBuffer(0))
+	stalled, err := client.Dial(t.Context(), edgetest.URL(short), client.WithUser("stalled"), client.WithMessageBuffer(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +373,7 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 	if _, err := stalled.Subscribe(ctxT(t), "big", client.Since(0)); err != nil {
 		t.Fatal(err)
 	}
-	other := dial(t, short, "other")
+	other := edgetest.Dial(t, short, "other")
 	_, err = other.Subscribe(ctxT(t), "two", client.Since(0))
 	var ce *client.Error
 	if !errors.As(err, &ce) || ce.Code != protocol.CodeUnavailable {
@@ -381,7 +382,7 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 	if err := other.Ping(ctxT(t)); err != nil {
 		t.Fatalf("after the refusal: %v", err)
 	}
-	if n := metric(t, short, `parley_edge_replays_total{result="refused"}`); n != 1 {
+	if n := edgetest.Metric(t, short, `parley_edge_replays_total{result="refused"}`); n != 1 {
 		t.Fatalf("replays refused: %v", n)
 	}
 }
@@ -396,8 +397,8 @@ func TestLongResumeAcrossAnEdgeDrain(t *testing.T) {
 	js := natstest.JetStream(t, srv.URL())
 	want := publishMany(t, js, "chat.room.drain", 20_000, 1000)
 
-	c, err := client.Dial(t.Context(), wsURL(a), client.WithUser("erin"),
-		client.WithFallbackURLs(wsURL(b)), client.WithReconnect(client.Backoff{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}))
+	c, err := client.Dial(t.Context(), edgetest.URL(a), client.WithUser("erin"),
+		client.WithFallbackURLs(edgetest.URL(b)), client.WithReconnect(client.Backoff{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}))
 	if err != nil {
 		t.Fatal(err)
 	}

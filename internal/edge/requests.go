@@ -50,11 +50,11 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*c.e.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(c.lifeCtx(), 2*c.e.cfg.RequestTimeout)
 	defer cancel()
 	seq, known := r.position()
 	if !known {
-		if seq, err = c.e.feed.LastSeq(ctx, topic); err != nil {
+		if seq, err = c.e.backend.LastSeq(ctx, topic); err != nil {
 			c.e.hub.Leave(r, c)
 			return err
 		}
@@ -165,11 +165,11 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 			// the latest yet (the client got it live elsewhere), unless the
 			// stream itself never got that far: then it was reset, and
 			// the client's position means nothing any more.
-			info, err := c.e.stream.Info(ctx)
+			st, err := c.e.backend.StreamState(ctx)
 			if err != nil {
-				return nil, fmt.Errorf("%w: stream info: %w", protocol.ErrUnavailable, err)
+				return nil, err
 			}
-			if last := info.State.LastSeq; since > last {
+			if last := st.LastSeq; since > last {
 				recovered = false
 				reply.Reason = fmt.Sprintf("since %d is beyond the stream's last sequence %d: the stream was reset; your position is now the reply's seq", since, last)
 			}
@@ -269,11 +269,11 @@ func (c *Conn) maybeLost(ctx context.Context, topic string, since, before uint64
 	if first != 0 && first <= since+1 {
 		return false, nil
 	}
-	info, err := c.e.stream.Info(ctx)
+	st, err := c.e.backend.StreamState(ctx)
 	if err != nil {
-		return false, fmt.Errorf("%w: stream info: %w", protocol.ErrUnavailable, err)
+		return false, err
 	}
-	return info.State.FirstSeq > since+1 || info.State.NumDeleted > 0, nil
+	return st.FirstSeq > since+1 || st.NumDeleted > 0, nil
 }
 
 func (c *Conn) unsubscribe(req *protocol.Request) error {
@@ -284,17 +284,23 @@ func (c *Conn) unsubscribe(req *protocol.Request) error {
 	if !ok {
 		return fmt.Errorf("%w: not subscribed to room %s", protocol.ErrNotFound, req.Room)
 	}
-	if rp := c.replays[req.Room]; rp != nil {
-		// Nothing of the room may follow the reply: end the replay first.
-		rp.stop()
-		delete(c.replays, req.Room)
-	}
-	delete(c.rooms, req.Room)
-	c.e.presence.left(c, req.Room)
-	c.e.hub.Leave(r, c)
-	c.e.metrics.Subscriptions.Dec()
+	c.leaveRoom(req.Room, r)
 	c.reply(protocol.Reply{ID: req.ID, OK: true})
 	return nil
+}
+
+// leaveRoom ends the connection's subscription to room (unsub, or a
+// refreshed token that no longer grants it).
+func (c *Conn) leaveRoom(room string, r *room) {
+	if rp := c.replays[room]; rp != nil {
+		// Nothing of the room may follow: end the replay first.
+		rp.stop()
+		delete(c.replays, room)
+	}
+	delete(c.rooms, room)
+	c.e.presence.left(c, room)
+	c.e.hub.Leave(r, c)
+	c.e.metrics.Subscriptions.Dec()
 }
 
 // history handles "history": the newest limit messages before a seq (or
@@ -315,7 +321,7 @@ func (c *Conn) history(req *protocol.Request) error {
 	case limit > c.e.cfg.MaxHistory:
 		limit = c.e.cfg.MaxHistory
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*c.e.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(c.lifeCtx(), 2*c.e.cfg.RequestTimeout)
 	defer cancel()
 	ds, err := c.e.reader.latest(ctx, pjs.RoomSubject(req.Room), req.Before, limit, 0)
 	if err != nil {

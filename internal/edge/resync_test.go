@@ -12,6 +12,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
@@ -56,7 +57,7 @@ func TestLostRepublishInQuietRoomIsDelivered(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := startEdge(t, srv.URL(), func(c *edge.Config) { c.ResyncInterval = 300 * time.Millisecond })
 	js := natstest.JetStream(t, srv.URL())
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "quiet")
 	first, err := c.Publish(ctxT(t), "quiet", "m1", "first")
 	if err != nil {
@@ -88,7 +89,7 @@ func TestLeaderChangeResyncs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, e, "alice")
+	c := edgetest.Dial(t, e, "alice")
 	subscribe(t, c, "quiet")
 	first, err := c.Publish(ctxT(t), "quiet", "m1", "first")
 	if err != nil {

@@ -20,9 +20,17 @@ type room struct {
 
 	delivered func(n int)
 
-	// serial orders the live feed's deliveries with resyncs after a NATS
-	// reconnect: a repair and the next live message must not interleave.
-	serial sync.Mutex
+	// live orders the feed's deliveries with gap repairs and resyncs, and
+	// keeps repairs off the feed's dispatcher (shared by many topics and by
+	// presence pushes): while a repair runs (repairing), the topic's live
+	// messages wait in held, and the repair's goroutine delivers them after
+	// the messages it read, in order. Without a repair running, a live
+	// message is delivered on the dispatcher under live.
+	live      sync.Mutex
+	repairing bool
+	held      []Delivery
+	resyncDue func(topic string) (uint64, bool) // a resync asked for while repairing
+	onPanic   func(v any)                       // a panic on a repair goroutine
 
 	mu sync.Mutex
 	// lastSeq is the newest sequence this room has seen or looked up; the
@@ -343,22 +351,96 @@ func (r *room) handover(s subscriber, through uint64, maxMsgs, maxBytes int) (ha
 	return handoverMore, through
 }
 
-// deliver takes one live message from the feed. It runs on the feed's
-// goroutine for this topic, so deliveries of one topic are serialised. When
-// the message's predecessor on the subject is not the last one this room
-// delivered, RePublish lost something (a NATS reconnect, a slow subscription,
-// a leader change): the missing messages are read from the stream and
-// delivered first, so subscribers never see a hole.
+// deliver takes one live message from the feed, on the feed's dispatcher for
+// this topic (deliveries of one topic arrive in order). When the message's
+// predecessor on the subject is not the last one this room delivered,
+// RePublish lost something (a NATS reconnect, a slow subscription, a leader
+// change): the missing messages are read from the stream and delivered
+// first, so subscribers never see a hole. That read may take seconds: it
+// runs on a goroutine of the room's own (repairLoop) while this and later
+// live messages wait, so that the dispatcher goes on with other topics.
 func (r *room) deliver(d Delivery) {
-	r.serial.Lock()
-	defer r.serial.Unlock()
+	r.live.Lock()
+	if r.repairing {
+		r.hold(d)
+		r.live.Unlock()
+		return
+	}
+	if _, gap := r.gapBefore(d); !gap {
+		r.fanout(d, d.LastSeq)
+		r.live.Unlock()
+		return
+	}
+	r.repairing = true
+	r.held = append(r.held, d)
+	r.live.Unlock()
+	go r.repairLoop(nil)
+}
+
+// maxHeld bounds the live messages a room keeps while it repairs. Beyond
+// it the oldest held one is dropped: the next one's predecessor then names
+// it, so the repair reads it back from the stream like any other gap.
+const maxHeld = maxRepair
+
+// hold keeps d while a repair runs (under live).
+func (r *room) hold(d Delivery) {
+	if len(r.held) >= maxHeld {
+		r.held[0] = Delivery{}
+		r.held = r.held[1:]
+	}
+	r.held = append(r.held, d)
+}
+
+// gapBefore reports whether messages of the room are missing between the
+// last one it delivered (prev) and d.
+func (r *room) gapBefore(d Delivery) (prev uint64, gap bool) {
 	r.mu.Lock()
 	prev, anchored := r.lastSeq, r.known || r.based
 	r.mu.Unlock()
-	if anchored && d.LastSeq > prev && r.repair != nil {
-		r.fanoutRun(r.repair(r.topic, prev+1, d.LastSeq), prev)
+	return prev, anchored && d.LastSeq > prev && r.repair != nil
+}
+
+// repairLoop owns the room's live delivery while it repairs: it catches up
+// with the stream (when last is set: a resync), then delivers what was held,
+// repairing each gap it shows, until nothing is held; then deliveries go
+// back to the dispatcher. A panic ends the loop with the room's delivery
+// handed back, not the process.
+func (r *room) repairLoop(last func(topic string) (uint64, bool)) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.live.Lock()
+			r.repairing, r.held, r.resyncDue = false, nil, nil
+			r.live.Unlock()
+			if r.onPanic != nil {
+				r.onPanic(v)
+			}
+		}
+	}()
+	for {
+		if last != nil {
+			r.catchUp(last)
+			last = nil
+		}
+		r.live.Lock()
+		if len(r.held) == 0 {
+			if r.resyncDue != nil {
+				last, r.resyncDue = r.resyncDue, nil
+				r.live.Unlock()
+				continue
+			}
+			r.repairing, r.held = false, nil
+			r.live.Unlock()
+			return
+		}
+		d := r.held[0]
+		r.held[0] = Delivery{}
+		r.held = r.held[1:]
+		r.live.Unlock()
+		if prev, gap := r.gapBefore(d); gap {
+			r.fanoutRun(r.repair(r.topic, prev+1, d.LastSeq), prev)
+		}
+		r.fanout(d, d.LastSeq)
 	}
-	r.fanout(d, d.LastSeq)
 }
 
 // fanoutRun delivers messages read from the stream: all of the room's
@@ -406,10 +488,24 @@ func (r *room) fanoutLocked(d Delivery, pred uint64) (squeezed bool) {
 // resync catches up after the live subscription was down (a NATS
 // reconnect): whatever the stream stored past the room's last delivered
 // sequence is read and delivered now rather than when the next live message
-// would reveal the gap.
+// would reveal the gap. It runs on the caller's goroutine (a resync
+// worker), holding the room's live messages meanwhile; if a repair is
+// running already, that repair's goroutine does it next.
 func (r *room) resync(last func(topic string) (uint64, bool)) {
-	r.serial.Lock()
-	defer r.serial.Unlock()
+	r.live.Lock()
+	if r.repairing {
+		r.resyncDue = last
+		r.live.Unlock()
+		return
+	}
+	r.repairing = true
+	r.live.Unlock()
+	r.repairLoop(last)
+}
+
+// catchUp reads and delivers what the stream stored past the room's last
+// delivered sequence (the room's delivery is the caller's).
+func (r *room) catchUp(last func(topic string) (uint64, bool)) {
 	r.mu.Lock()
 	prev, anchored := r.lastSeq, r.known || r.based
 	r.mu.Unlock()

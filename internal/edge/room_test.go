@@ -2,11 +2,15 @@ package edge
 
 import (
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
 type recordingSub struct {
@@ -18,6 +22,12 @@ func (r *recordingSub) deliver(b []byte) {
 	r.mu.Lock()
 	r.frames = append(r.frames, string(b))
 	r.mu.Unlock()
+}
+
+func (r *recordingSub) snapshot() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.frames)
 }
 
 // A live message whose Nats-Last-Sequence is ahead of the room's last
@@ -40,6 +50,7 @@ func TestRoomGapRepairAndSeam(t *testing.T) {
 	r.deliver(Delivery{Seq: 5, LastSeq: 3, Frame: []byte("5")})
 	r.deliver(Delivery{Seq: 5, LastSeq: 3, Frame: []byte("5")}) // duplicate
 	r.deliver(Delivery{Seq: 6, LastSeq: 5, Frame: []byte("6")})
+	settle(t, r) // the repair runs on a goroutine of its own
 	r.start(late, 3, []byte("reply-late"))
 	r.deliver(Delivery{Seq: 8, LastSeq: 6, Frame: []byte("8")})
 
@@ -51,6 +62,24 @@ func TestRoomGapRepairAndSeam(t *testing.T) {
 	}
 	if want := []string{"reply-late", "5", "6", "8"}; !slices.Equal(late.frames, want) {
 		t.Fatalf("late subscriber got %v, want %v", late.frames, want)
+	}
+}
+
+// settle waits until r has no repair running: its live deliveries are done.
+func settle(t testing.TB, r *room) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.live.Lock()
+		busy := r.repairing
+		r.live.Unlock()
+		if !busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("room still repairing after 10 s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -109,6 +138,7 @@ func TestRoomRecentMessages(t *testing.T) {
 	// 25's predecessor is 22, which never arrived and could not be repaired:
 	// a new run starts at 22.
 	r.deliver(Delivery{Seq: 25, LastSeq: 22})
+	settle(t, r)
 	if _, ok := r.since(20, 25, 100); ok {
 		t.Fatal("served across an unrepaired gap")
 	}
@@ -319,7 +349,7 @@ func TestRoomCacheTotalBound(t *testing.T) {
 		rooms   = 64
 	)
 	feed := &memFeed{delivers: map[string]func(Delivery){}}
-	h := NewHub(feed)
+	h := NewHub(feed, slog.New(slog.DiscardHandler))
 	h.recent = 256
 	var used, byTotal atomic.Int64
 	h.limitCache(perRoom, total, &used, func(float64) {}, func(n float64) { byTotal.Add(int64(n)) })
@@ -511,5 +541,73 @@ func TestRoomPendingBoundAndHandover(t *testing.T) {
 	}
 	if st, _ := r.handover(&recordingSub{}, 0, 1, 1); st != handoverGone {
 		t.Fatalf("handover of a non-member: %v", st)
+	}
+}
+
+// One room's gap repair must not delay another room's deliveries: live
+// messages of many topics share a dispatcher goroutine, and a repair may
+// wait seconds for the stream. Here room a's repair blocks until the test
+// lets it go; room b's message, dispatched after it on the same goroutine,
+// must arrive meanwhile, and room a's messages (the repaired one, the one
+// that showed the gap and one more that came during the repair) must all
+// follow in order once the repair ends.
+func TestSlowRepairDoesNotDelayOtherRooms(t *testing.T) {
+	m := newMemBackend()
+	h := NewHub(m, slog.New(slog.DiscardHandler))
+	topicA, topicB := pjs.RoomSubject("a"), pjs.RoomSubject("b")
+	subA, subB := &recordingSub{}, &recordingSub{}
+	for _, j := range []struct {
+		topic string
+		s     *recordingSub
+	}{{topicA, subA}, {topicB, subB}} {
+		r, err := h.Join(j.topic, j.s, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.learn(0)
+		r.start(j.s, 0)
+	}
+	release := make(chan struct{})
+	m.fetchHook = func(topic string) {
+		if topic == topicA {
+			<-release
+		}
+	}
+	m.dropLive[topicA] = true
+	lost := m.store(topicA, "lost") // stored, its live copy lost
+	m.dropLive[topicA] = false
+
+	// The dispatcher: room a's next message reveals the gap, then room b's.
+	dispatched := make(chan struct{})
+	var showed, during uint64
+	go func() {
+		defer close(dispatched)
+		showed = m.store(topicA, "shows the gap")
+		m.store(topicB, "must not wait")
+		during = m.store(topicA, "during the repair")
+	}()
+	select {
+	case <-dispatched:
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the dispatcher waited for room a's repair")
+	}
+	if got := subB.snapshot(); len(got) != 1 {
+		t.Fatalf("room b got %d messages while room a repaired, want 1", len(got))
+	}
+	if got := subA.snapshot(); len(got) != 0 {
+		t.Fatalf("room a delivered %d messages before its repair ended", len(got))
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(subA.snapshot()) < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	var seqs []uint64
+	for _, f := range subA.snapshot() {
+		seqs = append(seqs, frameSeq(t, []byte(f)))
+	}
+	if want := []uint64{lost, showed, during}; !slices.Equal(seqs, want) {
+		t.Fatalf("room a got %v, want %v", seqs, want)
 	}
 }

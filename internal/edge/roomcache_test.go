@@ -9,6 +9,7 @@ import (
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
 )
 
@@ -44,7 +45,7 @@ func TestRoomCacheStaysWithinItsBytes(t *testing.T) {
 	name := func(i int) string { return fmt.Sprintf("big-%d", i) }
 
 	// The keeper holds every room open, as its other members would.
-	keeper := dial(t, e, "keeper")
+	keeper := edgetest.Dial(t, e, "keeper")
 	for i := range rooms {
 		subscribe(t, keeper, name(i))
 	}
@@ -55,13 +56,13 @@ func TestRoomCacheStaysWithinItsBytes(t *testing.T) {
 		for i := range rooms {
 			stored[i] = append(stored[i], pub(name(i)))
 		}
-		if got := metric(t, e, "parley_edge_room_cache_bytes"); got > total {
+		if got := edgetest.Metric(t, e, "parley_edge_room_cache_bytes"); got > total {
 			t.Fatalf("room caches hold %v bytes, bound %d", got, total)
 		}
 	}
 	got := make([][]uint64, rooms)
 	for range rooms * perRoomN {
-		m := next(t, keeper)
+		m := edgetest.Next(t, keeper)
 		var i int
 		if _, err := fmt.Sscanf(m.Room, "big-%d", &i); err != nil {
 			t.Fatalf("message of room %q", m.Room)
@@ -71,37 +72,37 @@ func TestRoomCacheStaysWithinItsBytes(t *testing.T) {
 	for i := range rooms {
 		equalSeqs(t, "keeper "+name(i), got[i], stored[i])
 	}
-	cached := metric(t, e, "parley_edge_room_cache_bytes")
+	cached := edgetest.Metric(t, e, "parley_edge_room_cache_bytes")
 	if cached <= 0 || cached > total {
 		t.Fatalf("room caches hold %v bytes, want within (0, %d]", cached, total)
 	}
-	if n := metric(t, e, `parley_edge_room_cache_evictions_total{bound="total"}`); n == 0 {
+	if n := edgetest.Metric(t, e, `parley_edge_room_cache_evictions_total{bound="total"}`); n == 0 {
 		t.Fatal("no evictions by the total bound counted")
 	}
 
 	// A resume of the last two messages: the cache covers it.
-	fromMemory := metric(t, e, "parley_edge_replayed_from_memory_total")
-	c := dial(t, e, "alice")
+	fromMemory := edgetest.Metric(t, e, "parley_edge_replayed_from_memory_total")
+	c := edgetest.Dial(t, e, "alice")
 	for i := range rooms {
 		s := stored[i]
 		resume(ctx, t, c, name(i), s[len(s)-3], s[len(s)-2:])
 	}
-	if got := metric(t, e, "parley_edge_replayed_from_memory_total") - fromMemory; got != 2*rooms {
+	if got := edgetest.Metric(t, e, "parley_edge_replayed_from_memory_total") - fromMemory; got != 2*rooms {
 		t.Fatalf("%v messages replayed from memory, want %d", got, 2*rooms)
 	}
 	// A resume from the first message: evicted, so the stream serves it.
 	fromMemory += 2 * rooms
-	c2 := dial(t, e, "bob")
+	c2 := edgetest.Dial(t, e, "bob")
 	for i := range rooms {
 		resume(ctx, t, c2, name(i), stored[i][0], stored[i][1:])
 	}
-	if got := metric(t, e, "parley_edge_replayed_from_memory_total") - fromMemory; got != 0 {
+	if got := edgetest.Metric(t, e, "parley_edge_replayed_from_memory_total") - fromMemory; got != 0 {
 		t.Fatalf("%v messages of evicted resumes replayed from memory", got)
 	}
 	// Then live, once, in order, on both.
 	live := pub(name(3))
 	for _, cl := range []*client.Client{c, c2} {
-		if m := next(t, cl); m.Seq != live || m.Room != name(3) {
+		if m := edgetest.Next(t, cl); m.Seq != live || m.Room != name(3) {
 			t.Fatalf("after the replays got %s/%d, want live %s/%d", m.Room, m.Seq, name(3), live)
 		}
 		noMessage(t, cl, 50*time.Millisecond)
@@ -109,7 +110,7 @@ func TestRoomCacheStaysWithinItsBytes(t *testing.T) {
 			t.Fatalf("%d duplicates", d)
 		}
 	}
-	if got := metric(t, e, "parley_edge_room_cache_bytes"); got > total {
+	if got := edgetest.Metric(t, e, "parley_edge_room_cache_bytes"); got > total {
 		t.Fatalf("room caches hold %v bytes, bound %d", got, total)
 	}
 }

@@ -2,94 +2,26 @@ package edge
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"strconv"
-	"time"
-
-	"github.com/nats-io/nats.go"
-
-	pjs "github.com/parley-mesh/parley/jetstream"
-	"github.com/parley-mesh/parley/protocol"
 )
 
-// streamReader reads a topic's stored messages with batched Direct Get
-// (nats-server 2.11+): no consumer is created, any replica may answer, and
-// one request returns up to a batch of one subject's messages in order.
+// streamReader builds the edge's reads of one topic's stored messages
+// (ranges, counts, the newest n, the first) from the backend's batched
+// Fetch, so that their logic is the same on every backend: on NATS one
+// batch is one Direct Get (nats-server 2.11+): no consumer is created, any
+// replica may answer, and one request returns up to a batch of one
+// subject's messages in order.
 type streamReader struct {
-	nc      *nats.Conn
-	stream  string
-	timeout time.Duration
+	b Backend
 }
 
-// batchLimit bounds one Direct Get batch.
+// batchLimit bounds one batch.
 const batchLimit = 256
 
-// errNoMessages is a 404 from Direct Get: nothing matches.
-var errNoMessages = errors.New("no messages")
-
 // fetch returns up to batch stored messages of topic with sequence >= from,
-// in order, as deliveries, and how many more match after the last one.
+// in order, and how many more match after the last one.
 func (r *streamReader) fetch(ctx context.Context, topic string, from uint64, batch int) ([]Delivery, uint64, error) {
-	if batch > batchLimit {
-		batch = batchLimit
-	}
-	if from == 0 {
-		from = 1
-	}
-	req, _ := json.Marshal(struct {
-		Seq     uint64 `json:"seq"`
-		NextFor string `json:"next_by_subj"`
-		Batch   int    `json:"batch"`
-	}{from, topic, batch})
-	inbox := r.nc.NewRespInbox()
-	sub, err := r.nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%w: read %s: %w", protocol.ErrUnavailable, topic, err)
-	}
-	defer sub.Unsubscribe()
-	if err := r.nc.PublishRequest("$JS.API.DIRECT.GET."+r.stream, inbox, req); err != nil {
-		return nil, 0, fmt.Errorf("%w: read %s: %w", protocol.ErrUnavailable, topic, err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	tgt := pushTarget(topic)
-	var out []Delivery
-	var pending uint64
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return nil, 0, fmt.Errorf("%w: read %s: %w", protocol.ErrUnavailable, topic, err)
-		}
-		switch m.Header.Get("Status") {
-		case "":
-		case "204": // end of batch
-			return out, pending, nil
-		case "404":
-			if len(out) > 0 {
-				return out, 0, nil
-			}
-			return nil, 0, errNoMessages
-		default:
-			return nil, 0, fmt.Errorf("%w: read %s: status %s %s", protocol.ErrUnavailable, topic, m.Header.Get("Status"), m.Header.Get("Description"))
-		}
-		d, err := decodeStored(m, tgt)
-		if err != nil {
-			return nil, 0, fmt.Errorf("%w: read %s: %w", protocol.ErrInternal, topic, err)
-		}
-		pending, _ = strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
-		out = append(out, d)
-	}
-}
-
-// decodeStored is decodeLive for a Direct Get response: the same headers
-// (Nats-Sequence, Nats-Time-Stamp) but Nats-Last-Sequence means something
-// else there, so it is not kept.
-func decodeStored(m *nats.Msg, t target) (Delivery, error) {
-	d, err := decodeLive(m, t)
-	d.LastSeq = 0
-	return d, err
+	return r.b.Fetch(ctx, topic, max(from, 1), min(batch, batchLimit))
 }
 
 // readRange returns the topic's messages with from <= seq <= upTo, at most
@@ -230,25 +162,5 @@ func (r *streamReader) first(ctx context.Context, topic string) (uint64, error) 
 
 // lastSeq is the sequence of the topic's newest stored message (0: none).
 func (r *streamReader) lastSeq(ctx context.Context, topic string) (uint64, error) {
-	req, _ := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{topic})
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	m, err := r.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+r.stream, req)
-	if err != nil {
-		return 0, fmt.Errorf("%w: read last sequence of %s: %w", protocol.ErrUnavailable, topic, err)
-	}
-	switch m.Header.Get("Status") {
-	case "":
-	case "404":
-		return 0, nil
-	default:
-		return 0, fmt.Errorf("%w: read last sequence of %s: status %s", protocol.ErrUnavailable, topic, m.Header.Get("Status"))
-	}
-	seq, err := strconv.ParseUint(m.Header.Get(pjs.HeaderSequence), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%w: last message of %s has no sequence", protocol.ErrInternal, topic)
-	}
-	return seq, nil
+	return r.b.LastSeq(ctx, topic)
 }

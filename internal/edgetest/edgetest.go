@@ -1,6 +1,7 @@
-// Package edgetest starts real edges for other packages' tests: an insecure
-// edge (?user= accepted) on a random loopback port, on its own NATS
-// connection, drained when the test ends.
+// Package edgetest starts real edges for tests, the edge's own and other
+// packages': an insecure edge (?user= accepted) on a random loopback port,
+// on its own NATS connection, drained when the test ends; clients of it
+// (client.go); and its metrics, read from its registry (metric.go).
 package edgetest
 
 import (

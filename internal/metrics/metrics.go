@@ -1,6 +1,7 @@
-// Package metrics declares the Prometheus metrics Parley components export.
-// Each component builds its own registry, so tests never share or reset
-// global state.
+// Package metrics declares the Prometheus metrics Parley components export
+// and serves them, with the health endpoints, the same way for each of them
+// (endpoints.go). Each component builds its own registry, so tests never
+// share or reset global state.
 package metrics
 
 import (

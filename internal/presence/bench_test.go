@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/parley-mesh/parley/internal/natstest"
+	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
 const (
@@ -59,7 +60,7 @@ func BenchmarkPresence100kUsers10kRooms(b *testing.B) {
 		}
 		events := float64(2 * benchUsers)
 		folded := func() float64 {
-			return counter(w.metrics.Events.WithLabelValues(KindConnect)) + counter(w.metrics.Events.WithLabelValues(KindJoin))
+			return counter(w.metrics.Events.WithLabelValues(pjs.PresenceKindConnect)) + counter(w.metrics.Events.WithLabelValues(pjs.PresenceKindJoin))
 		}
 		written := func() float64 { return counter(w.metrics.KVWrites.WithLabelValues("put", "ok")) }
 		b.StartTimer()
@@ -68,8 +69,8 @@ func BenchmarkPresence100kUsers10kRooms(b *testing.B) {
 		for u := range benchUsers {
 			p := pubs[u%benchEdges]
 			user := "user-" + strconv.Itoa(u)
-			p.publish(b, EdgeMsg{Kind: KindConnect, User: user, Conns: 1, Since: 1})
-			p.publish(b, EdgeMsg{Kind: KindJoin, Room: "room-" + strconv.Itoa(u%benchRooms), User: user, Conns: 1, Since: 1})
+			p.publish(b, pjs.PresenceEdgeMsg{Kind: pjs.PresenceKindConnect, User: user, Conns: 1, Since: 1})
+			p.publish(b, pjs.PresenceEdgeMsg{Kind: pjs.PresenceKindJoin, Room: "room-" + strconv.Itoa(u%benchRooms), User: user, Conns: 1, Since: 1})
 		}
 		for _, p := range pubs {
 			if err := p.nc.Flush(); err != nil {
@@ -95,7 +96,7 @@ func BenchmarkPresence100kUsers10kRooms(b *testing.B) {
 		b.ReportMetric(events/foldedAt.Seconds(), "events/s-folded")
 		b.ReportMetric(events/all.Seconds(), "events/s-in-kv")
 		b.ReportMetric(kvOps/benchUsers, "kv-writes/join")
-		b.ReportMetric(counter(w.metrics.Announcements.WithLabelValues(OpJoin))/benchUsers, "announces/join")
+		b.ReportMetric(counter(w.metrics.Announcements.WithLabelValues(pjs.PresenceOpJoin))/benchUsers, "announces/join")
 		cancel()
 		if err := <-done; err != nil {
 			b.Fatal(err)
@@ -143,11 +144,11 @@ type natsConn struct {
 	seq  uint64
 }
 
-func (p *natsConn) publish(b *testing.B, m EdgeMsg) {
+func (p *natsConn) publish(b *testing.B, m pjs.PresenceEdgeMsg) {
 	p.seq++
 	m.Edge, m.Seq = p.edge, p.seq
 	data, _ := json.Marshal(m)
-	if err := p.nc.Publish(EdgeSubject(p.edge, m.Kind), data); err != nil {
+	if err := p.nc.Publish(pjs.PresenceEdgeSubject(p.edge, m.Kind), data); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -109,16 +109,6 @@ func waitWriter(t *testing.T, ws ...*testWorker) *testWorker {
 	return writer
 }
 
-func dial(t *testing.T, e *testEdge, user string) *client.Client {
-	t.Helper()
-	c, err := client.Dial(t.Context(), "ws://"+e.Addr()+"/ws", client.WithUser(user))
-	if err != nil {
-		t.Fatalf("dial %s: %v", user, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	t.Cleanup(cancel)
@@ -168,16 +158,16 @@ func presenceIs(t *testing.T, c *client.Client, room string, want ...string) {
 	})
 }
 
-func record(t *testing.T, kv jetstream.KeyValue, room, user string) (presence.Record, bool) {
+func record(t *testing.T, kv jetstream.KeyValue, room, user string) (pjs.PresenceRecord, bool) {
 	t.Helper()
-	e, err := kv.Get(ctxT(t), presence.Key(room, user))
+	e, err := kv.Get(ctxT(t), pjs.PresenceKey(room, user))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return presence.Record{}, false
+		return pjs.PresenceRecord{}, false
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r presence.Record
+	var r pjs.PresenceRecord
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
 		t.Fatal(err)
 	}
@@ -199,18 +189,18 @@ func TestPresenceJoinLeaveMultiTabAndQueries(t *testing.T) {
 	waitWriter(t, w1, w2)
 	e1, e2 := startEdge(t, srv.URL(), "e1"), startEdge(t, srv.URL(), "e2")
 
-	alice := dial(t, e1, "alice")
+	alice := edgetest.Dial(t, e1.Edge, "alice")
 	sub(t, alice, "lobby")
 	expect(t, alice, "join:alice")
 
 	// bob opens two tabs on two edges: one join. carol's join is next,
 	// so no second join of bob came before it.
-	bob1 := dial(t, e1, "bob")
+	bob1 := edgetest.Dial(t, e1.Edge, "bob")
 	sub(t, bob1, "lobby")
 	expect(t, alice, "join:bob")
-	bob2 := dial(t, e2, "bob")
+	bob2 := edgetest.Dial(t, e2.Edge, "bob")
 	sub(t, bob2, "lobby")
-	carol := dial(t, e2, "carol")
+	carol := edgetest.Dial(t, e2.Edge, "carol")
 	sub(t, carol, "lobby")
 	expect(t, alice, "join:carol")
 	expect(t, carol, "join:carol")
@@ -232,7 +222,7 @@ func TestPresenceJoinLeaveMultiTabAndQueries(t *testing.T) {
 
 	// One tab closes: bob stays. dave's join is the next push.
 	bob1.Close()
-	dave := dial(t, e1, "dave")
+	dave := edgetest.Dial(t, e1.Edge, "dave")
 	sub(t, dave, "lobby")
 	expect(t, alice, "join:dave")
 	presenceIs(t, alice, "lobby", "alice", "bob", "carol", "dave")
@@ -272,14 +262,14 @@ func TestPresenceEdgeKilledWithoutWarning(t *testing.T) {
 	waitWriter(t, w1, w2)
 	e1, e2 := startEdge(t, srv.URL(), "e1"), startEdge(t, srv.URL(), "e2")
 
-	carol := dial(t, e2, "carol")
+	carol := edgetest.Dial(t, e2.Edge, "carol")
 	sub(t, carol, "lobby")
 	expect(t, carol, "join:carol")
 	for _, u := range []string{"alice", "bob", "dave"} {
-		sub(t, dial(t, e1, u), "lobby")
+		sub(t, edgetest.Dial(t, e1.Edge, u), "lobby")
 		expect(t, carol, "join:"+u)
 	}
-	sub(t, dial(t, e2, "dave"), "lobby") // dave has a tab on the surviving edge too
+	sub(t, edgetest.Dial(t, e2.Edge, "dave"), "lobby") // dave has a tab on the surviving edge too
 	presenceIs(t, carol, "lobby", "alice", "bob", "carol", "dave")
 
 	// e1 loses NATS for good: no disconnects, no bye, no heartbeats.
@@ -289,7 +279,7 @@ func TestPresenceEdgeKilledWithoutWarning(t *testing.T) {
 	if d := time.Since(killed); d > testEdgeTimeout+time.Second {
 		t.Fatalf("dead edge's users removed after %v (timeout %v)", d, testEdgeTimeout)
 	}
-	erin := dial(t, e2, "erin")
+	erin := edgetest.Dial(t, e2.Edge, "erin")
 	sub(t, erin, "lobby")
 	expect(t, carol, "join:erin") // nothing else (no leave of dave or carol) came first
 	presenceIs(t, carol, "lobby", "carol", "dave", "erin")
@@ -309,13 +299,13 @@ func TestPresenceWorkerRestarts(t *testing.T) {
 	first := waitWriter(t, w1, w2)
 	e1, e2 := startEdge(t, srv.URL(), "e1"), startEdge(t, srv.URL(), "e2")
 
-	alice := dial(t, e1, "alice")
+	alice := edgetest.Dial(t, e1.Edge, "alice")
 	sub(t, alice, "lobby")
 	expect(t, alice, "join:alice")
-	bob := dial(t, e2, "bob")
+	bob := edgetest.Dial(t, e2.Edge, "bob")
 	sub(t, bob, "lobby")
 	expect(t, alice, "join:bob")
-	carol := dial(t, e2, "carol")
+	carol := edgetest.Dial(t, e2.Edge, "carol")
 	sub(t, carol, "lobby")
 	expect(t, alice, "join:carol")
 
@@ -326,7 +316,7 @@ func TestPresenceWorkerRestarts(t *testing.T) {
 	}
 	first.stop()
 	waitWriter(t, second)
-	dave := dial(t, e1, "dave")
+	dave := edgetest.Dial(t, e1.Edge, "dave")
 	sub(t, dave, "lobby")
 	expect(t, alice, "join:dave")
 
@@ -343,13 +333,13 @@ func TestPresenceWorkerRestarts(t *testing.T) {
 	if err := bob.Unsubscribe(ctxT(t), "lobby"); err != nil {
 		t.Fatal(err)
 	}
-	erin := dial(t, e2, "erin")
+	erin := edgetest.Dial(t, e2.Edge, "erin")
 	sub(t, erin, "lobby")
 	fourth := startWorker(t, srv.URL(), "w4")
 	waitWriter(t, fourth)
 	expect(t, alice, "leave:bob", "join:erin")
 	presenceIs(t, alice, "lobby", "alice", "carol", "dave", "erin")
-	frank := dial(t, e1, "frank")
+	frank := edgetest.Dial(t, e1.Edge, "frank")
 	sub(t, frank, "lobby")
 	expect(t, alice, "join:frank") // no spurious leave (or re-join) before it
 	kv := bucket(t, srv.URL())

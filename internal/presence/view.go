@@ -3,6 +3,8 @@ package presence
 import (
 	"slices"
 	"time"
+
+	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
 // view is one worker's picture of presence: every (room, user) with its
@@ -52,10 +54,10 @@ type edgeState struct {
 	seqKnown bool // seq comes from the edge (not just a bucket load)
 	lastSeen time.Time
 	entries  int    // entries with conns > 0
-	digest   uint64 // XOR of EntryHash over those entries
+	digest   uint64 // XOR of pjs.PresenceEntryHash over those entries
 
-	snap     []Entry // snapshot parts being collected
-	snapNext int     // the part expected next; -1 when not collecting
+	snap     []pjs.PresenceEntry // snapshot parts being collected
+	snapNext int                 // the part expected next; -1 when not collecting
 	asked    time.Time
 }
 
@@ -137,11 +139,11 @@ func (v *view) setShare(es *edgeState, e *entry, conns int, since int64) bool {
 		return false
 	}
 	if old > 0 {
-		es.digest ^= EntryHash(e.room, e.user, old)
+		es.digest ^= pjs.PresenceEntryHash(e.room, e.user, old)
 		es.entries--
 	}
 	if conns > 0 {
-		es.digest ^= EntryHash(e.room, e.user, conns)
+		es.digest ^= pjs.PresenceEntryHash(e.room, e.user, conns)
 		es.entries++
 	}
 	wasPresent := e.total > 0
@@ -202,7 +204,7 @@ func (v *view) clearEdge(es *edgeState, keep map[[2]string]struct{}) {
 }
 
 // applySnapshot makes the view agree with an edge's complete state.
-func (v *view) applySnapshot(es *edgeState, items []Entry) {
+func (v *view) applySnapshot(es *edgeState, items []pjs.PresenceEntry) {
 	keep := make(map[[2]string]struct{}, len(items))
 	for _, it := range items {
 		keep[[2]string{it.Room, it.User}] = struct{}{}
@@ -234,13 +236,13 @@ func (v *view) users(room string, limit int) ([]string, int) {
 }
 
 // record is the bucket value of e.
-func (e *entry) record() Record {
-	r := Record{Room: e.room, User: e.user, Conns: e.total, Edges: make(map[string]EdgeConn, len(e.shares))}
+func (e *entry) record() pjs.PresenceRecord {
+	r := pjs.PresenceRecord{Room: e.room, User: e.user, Conns: e.total, Edges: make(map[string]pjs.PresenceEdgeConn, len(e.shares))}
 	for _, s := range e.shares {
 		if r.Since == 0 || (s.since != 0 && s.since < r.Since) {
 			r.Since = s.since
 		}
-		r.Edges[s.edge] = EdgeConn{Conns: s.conns, Since: s.since}
+		r.Edges[s.edge] = pjs.PresenceEdgeConn{Conns: s.conns, Since: s.since}
 	}
 	return r
 }

@@ -1,3 +1,10 @@
+// Package presence keeps who is online and in which room across every edge:
+// edges publish what changes on their side (the wire format is in
+// jetstream/presence.go, beside the bucket), presence workers fold
+// those events into one view (view.go) and keep it in the JetStream KV bucket
+// PARLEY_PRESENCE (worker.go), announce joins and leaves once per user, and
+// answer presence queries. docs/presence.md describes subjects, payloads and
+// the failure handling.
 package presence
 
 import (
@@ -19,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/metrics"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
@@ -71,23 +79,16 @@ func DefaultConfig() Config {
 
 func (c *Config) fillDefaults() {
 	d := DefaultConfig()
-	for _, p := range []struct{ v, def *time.Duration }{
-		{&c.EdgeTimeout, &d.EdgeTimeout}, {&c.LeaseInterval, &d.LeaseInterval}, {&c.LeaseTTL, &d.LeaseTTL},
-		{&c.SyncBackoff, &d.SyncBackoff}, {&c.WriteTimeout, &d.WriteTimeout},
-	} {
-		if *p.v <= 0 {
-			*p.v = *p.def
-		}
-	}
+	config.Default(&c.EdgeTimeout, d.EdgeTimeout)
+	config.Default(&c.LeaseInterval, d.LeaseInterval)
+	config.Default(&c.LeaseTTL, d.LeaseTTL)
+	config.Default(&c.SyncBackoff, d.SyncBackoff)
+	config.Default(&c.WriteTimeout, d.WriteTimeout)
 	if c.LeaseTTL < 2*c.LeaseInterval {
 		c.LeaseTTL = 2 * c.LeaseInterval
 	}
-	if c.MaxInflight <= 0 {
-		c.MaxInflight = d.MaxInflight
-	}
-	if c.MaxPending <= 0 {
-		c.MaxPending = d.MaxPending
-	}
+	config.Default(&c.MaxInflight, d.MaxInflight)
+	config.Default(&c.MaxPending, d.MaxPending)
 	if c.Bucket == (pjs.PresenceOptions{}) {
 		c.Bucket = d.Bucket
 	}
@@ -121,7 +122,7 @@ type Worker struct {
 	metrics  *metrics.Presence
 	kvPrefix string // $KV.<bucket>.
 
-	msgs    chan *EdgeMsg
+	msgs    chan *pjs.PresenceEdgeMsg
 	queries chan *nats.Msg
 	acks    chan ack
 	role    chan bool
@@ -160,21 +161,16 @@ func New(cfg Config, nc *nats.Conn) (*Worker, error) {
 		nc:       nc,
 		registry: metrics.NewRegistry(),
 		kvPrefix: "$KV." + pjs.PresenceBucket + ".",
-		msgs:     make(chan *EdgeMsg, 4096),
+		msgs:     make(chan *pjs.PresenceEdgeMsg, 4096),
 		queries:  make(chan *nats.Msg, 1024),
 		acks:     make(chan ack, cfg.MaxInflight),
 		role:     make(chan bool, 1),
 		tombs:    make(map[string]uint64),
 	}
 	w.metrics = metrics.NewPresence(w.registry)
-	w.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	metrics.RegisterConnected(w.registry, prometheus.GaugeOpts{
 		Name: "parley_presence_nats_connected", Help: "1 when the worker is connected to NATS.",
-	}, func() float64 {
-		if nc.IsConnected() {
-			return 1
-		}
-		return 0
-	}))
+	}, nc.IsConnected)
 	w.view = newView(w.changed)
 	return w, nil
 }
@@ -193,17 +189,7 @@ func (w *Worker) Writer() bool { return w.isWriter.Load() }
 
 // Handler serves /metrics, /healthz and /readyz.
 func (w *Worker) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics.Handler(w.registry))
-	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
-		if !w.Ready() {
-			http.Error(rw, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		rw.Write([]byte("ready\n"))
-	})
-	return mux
+	return metrics.Endpoints(w.registry, metrics.Requirement{Unmet: "not ready", Met: w.Ready})
 }
 
 // Run serves until ctx ends. On the way out it hands the writer lease over
@@ -230,10 +216,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Subscribe before loading the bucket: events published meanwhile wait
 	// in the subscription and are applied on top of what was loaded, which
 	// is safe because they carry absolute counts.
-	events, err := w.nc.Subscribe(EdgeWildcard, func(m *nats.Msg) {
-		var em EdgeMsg
+	events, err := w.nc.Subscribe(pjs.PresenceEdgeWildcard, func(m *nats.Msg) {
+		var em pjs.PresenceEdgeMsg
 		if err := json.Unmarshal(m.Data, &em); err != nil || em.Validate() != nil ||
-			m.Subject != EdgeSubject(em.Edge, em.Kind) {
+			m.Subject != pjs.PresenceEdgeSubject(em.Edge, em.Kind) {
 			w.metrics.Invalid.Inc()
 			return
 		}
@@ -243,7 +229,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", EdgeWildcard, err)
+		return fmt.Errorf("subscribe %s: %w", pjs.PresenceEdgeWildcard, err)
 	}
 	defer events.Unsubscribe()
 	// A subscription that falls this far behind drops; the edges' sequence
@@ -254,16 +240,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.load(ctx, false); err != nil {
 		return err
 	}
-	queries, err := w.nc.QueueSubscribe(QuerySubject, QueryQueue, func(m *nats.Msg) {
+	queries, err := w.nc.QueueSubscribe(pjs.PresenceQuerySubject, pjs.PresenceQueryQueue, func(m *nats.Msg) {
 		select {
 		case w.queries <- m:
 		default:
 			w.metrics.Queries.WithLabelValues("busy").Inc()
-			w.respond(m, QueryReply{Error: &protocol.Error{Code: protocol.CodeUnavailable, Message: "presence worker busy"}})
+			w.respond(m, pjs.PresenceQueryReply{Error: &protocol.Error{Code: protocol.CodeUnavailable, Message: "presence worker busy"}})
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", QuerySubject, err)
+		return fmt.Errorf("subscribe %s: %w", pjs.PresenceQuerySubject, err)
 	}
 	defer queries.Unsubscribe()
 	if err := w.nc.Flush(); err != nil {
@@ -346,10 +332,10 @@ func (w *Worker) settle() {
 }
 
 // handle folds one edge message into the view.
-func (w *Worker) handle(m *EdgeMsg, now time.Time) {
+func (w *Worker) handle(m *pjs.PresenceEdgeMsg, now time.Time) {
 	w.metrics.Events.WithLabelValues(m.Kind).Inc()
 	v := w.view
-	if m.Kind == KindBye {
+	if m.Kind == pjs.PresenceKindBye {
 		w.log.Info("edge said bye", "edge", m.Edge)
 		v.dropEdge(m.Edge)
 		w.metrics.Edges.Set(float64(len(v.edges)))
@@ -359,22 +345,22 @@ func (w *Worker) handle(m *EdgeMsg, now time.Time) {
 	es.lastSeen = now
 	w.metrics.Edges.Set(float64(len(v.edges)))
 	switch m.Kind {
-	case KindHello:
+	case pjs.PresenceKindHello:
 		// A new incarnation (same id after a restart): what the old one had
 		// is gone with it.
 		v.clearEdge(es, nil)
 		es.seq, es.seqKnown = m.Seq, true
-	case KindConnect, KindDisconnect, KindJoin, KindLeave:
+	case pjs.PresenceKindConnect, pjs.PresenceKindDisconnect, pjs.PresenceKindJoin, pjs.PresenceKindLeave:
 		if es.seqKnown && m.Seq != es.seq+1 {
 			w.askSync(es, "gap", now)
 		}
 		es.seq, es.seqKnown = m.Seq, true
 		v.set(es, m.Room, m.User, m.Conns, m.Since)
-	case KindHeartbeat:
+	case pjs.PresenceKindHeartbeat:
 		if es.snapNext >= 0 {
 			return // a snapshot is on its way
 		}
-		digest, err := ParseDigest(m.Digest)
+		digest, err := pjs.ParsePresenceDigest(m.Digest)
 		switch {
 		case es.seqKnown && m.Seq != es.seq:
 			w.askSync(es, "gap", now)
@@ -382,7 +368,7 @@ func (w *Worker) handle(m *EdgeMsg, now time.Time) {
 			w.askSync(es, "digest", now)
 		}
 		es.seq, es.seqKnown = m.Seq, true
-	case KindSnapshot:
+	case pjs.PresenceKindSnapshot:
 		if m.Part == 0 {
 			es.snap, es.snapNext = es.snap[:0], 0
 		}
@@ -410,7 +396,7 @@ func (w *Worker) askSync(es *edgeState, reason string, now time.Time) {
 	es.asked = now
 	w.metrics.SyncRequests.WithLabelValues(reason).Inc()
 	w.log.Debug("asking edge for a snapshot", "edge", es.id, "reason", reason)
-	if err := w.nc.Publish(SyncSubject(es.id), []byte(`{"reason":"`+reason+`"}`)); err != nil {
+	if err := w.nc.Publish(pjs.PresenceSyncSubject(es.id), []byte(`{"reason":"`+reason+`"}`)); err != nil {
 		w.log.Warn("sync request", "edge", es.id, "err", err)
 	}
 }
@@ -479,7 +465,7 @@ func (w *Worker) pump() {
 // write makes the bucket agree with e: a put of its record, or a purge when
 // nobody is left, each conditional on the revision the bucket should hold.
 func (w *Worker) write(e *entry) {
-	key := Key(e.room, e.user)
+	key := pjs.PresenceKey(e.room, e.user)
 	msg := nats.NewMsg(w.kvPrefix + key)
 	var hash uint64
 	del := e.total == 0
@@ -560,7 +546,7 @@ func (w *Worker) acked(ctx context.Context, a ack) {
 			return
 		}
 		w.metrics.KVWrites.WithLabelValues(op, "error").Inc()
-		w.log.Warn("kv write failed; will retry", "key", Key(e.room, e.user), "err", a.err)
+		w.log.Warn("kv write failed; will retry", "key", pjs.PresenceKey(e.room, e.user), "err", a.err)
 		w.retry = append(w.retry, e)
 		return
 	}
@@ -586,7 +572,7 @@ func (w *Worker) acked(ctx context.Context, a ack) {
 		if len(w.tombs) >= maxTombs {
 			clear(w.tombs)
 		}
-		w.tombs[Key(e.room, e.user)] = e.rev
+		w.tombs[pjs.PresenceKey(e.room, e.user)] = e.rev
 		w.view.remove(e)
 	}
 }
@@ -596,7 +582,7 @@ func (w *Worker) acked(ctx context.Context, a ack) {
 // still thought it was the writer. The view is the truth; the next write
 // replaces whatever is there.
 func (w *Worker) resolve(ctx context.Context, e *entry) {
-	key := Key(e.room, e.user)
+	key := pjs.PresenceKey(e.room, e.user)
 	rctx, cancel := context.WithTimeout(ctx, w.cfg.WriteTimeout)
 	defer cancel()
 	m, err := w.stream.GetLastMsgForSubject(rctx, w.kvPrefix+key)
@@ -636,17 +622,17 @@ func isConflict(err error) bool {
 // at most once: a writer that dies between the bucket write and this
 // publish leaves the transition unannounced, never doubled.
 func (w *Worker) announce(e *entry, present bool) {
-	var a Announcement
+	var a pjs.PresenceAnnouncement
 	var subject string
 	switch {
 	case e.room != "" && present:
-		a, subject = Announcement{Op: OpJoin, Room: e.room, User: e.user}, RoomSubject(e.room)
+		a, subject = pjs.PresenceAnnouncement{Op: pjs.PresenceOpJoin, Room: e.room, User: e.user}, pjs.PresenceRoomSubject(e.room)
 	case e.room != "":
-		a, subject = Announcement{Op: OpLeave, Room: e.room, User: e.user}, RoomSubject(e.room)
+		a, subject = pjs.PresenceAnnouncement{Op: pjs.PresenceOpLeave, Room: e.room, User: e.user}, pjs.PresenceRoomSubject(e.room)
 	case present:
-		a, subject = Announcement{Op: OpOnline, User: e.user}, UserSubject(e.user)
+		a, subject = pjs.PresenceAnnouncement{Op: pjs.PresenceOpOnline, User: e.user}, pjs.PresenceUserSubject(e.user)
 	default:
-		a, subject = Announcement{Op: OpOffline, User: e.user}, UserSubject(e.user)
+		a, subject = pjs.PresenceAnnouncement{Op: pjs.PresenceOpOffline, User: e.user}, pjs.PresenceUserSubject(e.user)
 	}
 	b, _ := json.Marshal(a)
 	if err := w.nc.Publish(subject, b); err != nil {
@@ -736,8 +722,8 @@ func (w *Worker) load(ctx context.Context, writer bool) error {
 			}
 			continue
 		}
-		var rec Record
-		if err := json.Unmarshal(kve.Value(), &rec); err != nil || !validRecord(&rec) || Key(rec.Room, rec.User) != key {
+		var rec pjs.PresenceRecord
+		if err := json.Unmarshal(kve.Value(), &rec); err != nil || rec.Validate() != nil || pjs.PresenceKey(rec.Room, rec.User) != key {
 			w.log.Warn("ignoring invalid presence record", "key", key)
 			continue
 		}
@@ -756,36 +742,24 @@ func (w *Worker) load(ctx context.Context, writer bool) error {
 	return nil
 }
 
-func validRecord(r *Record) bool {
-	if checkEntry(r.Room, r.User, r.Conns) != nil {
-		return false
-	}
-	for edge, ec := range r.Edges {
-		if !protocol.ValidName(edge) || ec.Conns <= 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // answer serves one presence query from the view.
 func (w *Worker) answer(m *nats.Msg) {
-	var q Query
+	var q pjs.PresenceQuery
 	if err := json.Unmarshal(m.Data, &q); err != nil || !protocol.ValidName(q.Room) {
 		w.metrics.Queries.WithLabelValues("bad_request").Inc()
-		w.respond(m, QueryReply{Error: &protocol.Error{Code: protocol.CodeBadRequest, Message: "query needs a valid room"}})
+		w.respond(m, pjs.PresenceQueryReply{Error: &protocol.Error{Code: protocol.CodeBadRequest, Message: "query needs a valid room"}})
 		return
 	}
 	limit := q.Limit
-	if limit <= 0 || limit > MaxQueryUsers {
-		limit = MaxQueryUsers
+	if limit <= 0 || limit > pjs.PresenceMaxQueryUsers {
+		limit = pjs.PresenceMaxQueryUsers
 	}
 	users, total := w.view.users(q.Room, limit)
 	w.metrics.Queries.WithLabelValues("ok").Inc()
-	w.respond(m, QueryReply{Room: q.Room, Users: users, Total: total})
+	w.respond(m, pjs.PresenceQueryReply{Room: q.Room, Users: users, Total: total})
 }
 
-func (w *Worker) respond(m *nats.Msg, r QueryReply) {
+func (w *Worker) respond(m *nats.Msg, r pjs.PresenceQueryReply) {
 	if m.Reply == "" {
 		return
 	}

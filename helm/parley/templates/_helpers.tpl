@@ -89,6 +89,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if or (include "parley.jwtSecretKey" .) (include "parley.jwtPublicKeyKey" .) -}}true{{- end -}}
 {{- end -}}
 
+{{/* Whether the edges can verify tokens at all: key files or a JWKS URL. */}}
+{{- define "parley.jwtAny" -}}
+{{- if or (include "parley.jwtConfigured" .) .Values.jwt.jwksUrl -}}true{{- end -}}
+{{- end -}}
+
 {{- define "parley.postgresSecretName" -}}
 {{- if .Values.archiver.store.postgres.existingSecret -}}
 {{- .Values.archiver.store.postgres.existingSecret -}}
@@ -287,24 +292,21 @@ Settings every component shares: HTTP listener, NATS URL and auth, logging.
 
 {{/* Pod pieces ------------------------------------------------------------- */}}
 
-{{/* Probes on the http port: (list componentValues) */}}
+{{/* Probes on the http port: (list componentValues [tls]); tls true for an
+edge serving TLS (the kubelet does not verify the certificate). */}}
 {{- define "parley.probes" -}}
 {{- $c := index . 0 -}}
-readinessProbe:
+{{- $tls := and (gt (len .) 1) (index . 1) -}}
+{{- range $probe, $path := dict "readinessProbe" "/readyz" "livenessProbe" "/healthz" "startupProbe" "/healthz" }}
+{{ $probe }}:
   httpGet:
-    path: /readyz
+    path: {{ $path }}
     port: http
-  {{- toYaml $c.readinessProbe | nindent 2 }}
-livenessProbe:
-  httpGet:
-    path: /healthz
-    port: http
-  {{- toYaml $c.livenessProbe | nindent 2 }}
-startupProbe:
-  httpGet:
-    path: /healthz
-    port: http
-  {{- toYaml $c.startupProbe | nindent 2 }}
+    {{- if $tls }}
+    scheme: HTTPS
+    {{- end }}
+  {{- toYaml (index $c $probe) | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{- define "parley.podAnnotations" -}}
@@ -379,4 +381,19 @@ ports:
     protocol: TCP
 resources:
   {{- toYaml $c.resources | nindent 2 }}
+{{- end -}}
+
+{{/* A ServiceMonitor endpoint's fields after its port: (metrics.serviceMonitor) */}}
+{{- define "parley.scrapeEndpoint" -}}
+path: /metrics
+interval: {{ .interval }}
+scrapeTimeout: {{ .scrapeTimeout }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}

@@ -1,0 +1,98 @@
+package edge
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/parley-mesh/parley/protocol"
+)
+
+// A connection authenticated by a JWT lives until the token's exp. A client
+// that wants to stay connected sends a new token with "refresh" before then;
+// the edge reminds it with an "expiring" push expiringLead before exp (or
+// half-way, for a token that lives less than twice that), and closes with
+// 4001 at exp if no refresh came.
+const expiringLead = 30 * time.Second
+
+// scheduleExpiry arms the expiry of the connection's token (replacing what
+// an earlier token armed); a zero exp never expires (dev identities).
+func (c *Conn) scheduleExpiry(exp time.Time) {
+	c.expiryMu.Lock()
+	defer c.expiryMu.Unlock()
+	c.stopExpiryLocked()
+	if exp.IsZero() {
+		return
+	}
+	left := time.Until(exp)
+	c.tokenTimer = time.AfterFunc(left, func() {
+		defer c.contain("timer")
+		c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")
+	})
+	c.expiringTimer = time.AfterFunc(left-min(expiringLead, left/2), func() {
+		defer c.contain("timer")
+		b, err := json.Marshal(protocol.Notice{Op: protocol.OpExpiring, Expires: exp.UnixMilli(),
+			Reason: "the token expires soon: send refresh with a new one"})
+		if err == nil {
+			c.deliver(b)
+		}
+	})
+}
+
+// stopExpiry disarms the token's timers (teardown).
+func (c *Conn) stopExpiry() {
+	c.expiryMu.Lock()
+	defer c.expiryMu.Unlock()
+	c.stopExpiryLocked()
+}
+
+func (c *Conn) stopExpiryLocked() {
+	if c.tokenTimer != nil {
+		c.tokenTimer.Stop()
+	}
+	if c.expiringTimer != nil {
+		c.expiringTimer.Stop()
+	}
+	c.tokenTimer, c.expiringTimer = nil, nil
+}
+
+// refresh handles "refresh": a new token for the same user replaces the
+// connection's identity. Its grants apply at once: each room the new token
+// no longer lets the connection read is left, with an "unsubscribed" push
+// before the reply; its exp replaces the old one.
+func (c *Conn) refresh(req *protocol.Request) error {
+	if c.e.verifier == nil {
+		return fmt.Errorf("%w: this edge has no JWT key configured; there is no token to refresh", protocol.ErrBadRequest)
+	}
+	if req.Token == "" {
+		return fmt.Errorf("%w: token is required", protocol.ErrBadRequest)
+	}
+	ident, err := c.e.verifier.Verify(req.Token)
+	if err != nil {
+		c.strike()
+		return fmt.Errorf("%w: invalid token: %w", protocol.ErrUnauthorized, err)
+	}
+	if ident.User != c.ident.User {
+		c.strike()
+		return fmt.Errorf("%w: the token is for user %s, this connection is %s's", protocol.ErrForbidden, ident.User, c.ident.User)
+	}
+	c.ident = ident
+	for room, r := range c.rooms {
+		if ident.CanSubscribe(room) {
+			continue
+		}
+		c.leaveRoom(room, r)
+		b, err := json.Marshal(protocol.Notice{Op: protocol.OpUnsubscribed, Room: room,
+			Reason: "the refreshed token does not allow room " + room})
+		if err == nil {
+			c.deliver(b)
+		}
+	}
+	c.scheduleExpiry(ident.Expires)
+	reply := protocol.Reply{ID: req.ID, OK: true}
+	if !ident.Expires.IsZero() {
+		reply.Expires = ident.Expires.UnixMilli()
+	}
+	c.reply(reply)
+	return nil
+}
