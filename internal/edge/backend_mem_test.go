@@ -39,6 +39,13 @@ type memBackend struct {
 	// topic's reads slow with it.
 	fetchHook func(topic string)
 	fetches   map[string]int // Fetch calls per topic
+	// A trailing replica: the next lagReads reads (Fetch, LastSeq) see
+	// only what was stored up to seq lag. beforeLastSeq runs as LastSeq
+	// starts (outside the lock): a test stores a message meanwhile.
+	lag           uint64
+	lagReads      int
+	lagFetchOnly  bool // the trailing replica serves Fetch, not LastSeq (the leader does)
+	beforeLastSeq func()
 	presence  []string
 	acks      ackFunc
 }
@@ -157,11 +164,27 @@ func (m *memBackend) Subscribe(topic string, deliver func(Delivery)) (func(), er
 	}, nil
 }
 
+// visibleLocked reports whether a read sees s (a trailing replica may not).
+func (m *memBackend) visibleLocked(s memMsg) bool { return m.lagReads == 0 || s.seq <= m.lag }
+
+// readDoneLocked counts one read against a trailing replica's lag.
+func (m *memBackend) readDoneLocked() {
+	if m.lagReads > 0 {
+		m.lagReads--
+	}
+}
+
 func (m *memBackend) LastSeq(_ context.Context, topic string) (uint64, error) {
+	if h := m.beforeLastSeq; h != nil {
+		h()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.lagFetchOnly {
+		defer m.readDoneLocked()
+	}
 	for i := len(m.stored) - 1; i >= 0; i-- {
-		if m.stored[i].subject == topic {
+		if m.stored[i].subject == topic && (m.lagFetchOnly || m.visibleLocked(m.stored[i])) {
 			return m.stored[i].seq, nil
 		}
 	}
@@ -175,10 +198,11 @@ func (m *memBackend) Fetch(_ context.Context, topic string, from uint64, batch i
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.fetches[topic]++
+	defer m.readDoneLocked()
 	var out []Delivery
 	var pending uint64
 	for _, s := range m.stored {
-		if s.subject != topic || s.seq < from {
+		if s.subject != topic || s.seq < from || !m.visibleLocked(s) {
 			continue
 		}
 		if len(out) < batch {

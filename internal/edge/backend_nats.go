@@ -176,28 +176,40 @@ func (b *natsBackend) Fetch(ctx context.Context, topic string, from uint64, batc
 	return out, pending, nil
 }
 
+// LastSeq asks the stream's leader, not any replica: a position read from a
+// replica that trails the leader (back from a pause or a partition) would be
+// older than messages already stored, and a subscriber told it would get
+// those only when the room's next message showed the gap. Direct Get
+// (any replica) serves the reads that can check themselves against the
+// position (readFresh).
 func (b *natsBackend) LastSeq(ctx context.Context, topic string) (uint64, error) {
 	req, _ := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`
 	}{topic})
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
-	m, err := b.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+b.name, req)
+	m, err := b.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+b.name, req)
 	if err != nil {
 		return 0, fmt.Errorf("%w: read last sequence of %s: %w", protocol.ErrUnavailable, topic, err)
 	}
-	switch m.Header.Get("Status") {
-	case "":
-	case "404":
-		return 0, nil
-	default:
-		return 0, fmt.Errorf("%w: read last sequence of %s: status %s", protocol.ErrUnavailable, topic, m.Header.Get("Status"))
+	var resp struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
 	}
-	seq, err := strconv.ParseUint(m.Header.Get(pjs.HeaderSequence), 10, 64)
-	if err != nil {
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("%w: read last sequence of %s: %w", protocol.ErrInternal, topic, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return 0, nil
+	case resp.Error != nil:
+		return 0, fmt.Errorf("%w: read last sequence of %s: %s", protocol.ErrUnavailable, topic, resp.Error.Description)
+	case resp.Message == nil || resp.Message.Seq == 0:
 		return 0, fmt.Errorf("%w: last message of %s has no sequence", protocol.ErrInternal, topic)
 	}
-	return seq, nil
+	return resp.Message.Seq, nil
 }
 
 func (b *natsBackend) StreamState(ctx context.Context) (StreamState, error) {

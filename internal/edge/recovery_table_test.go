@@ -353,3 +353,58 @@ func TestHistoryCases(t *testing.T) {
 		})
 	}
 }
+
+// Any replica answers a stream read, and one that trails the leader (just
+// back from a pause) answers with the past. Found by the chaos harness
+// (SIGSTOP of a NATS node): a sub's position read from such a replica while
+// the room's first live message arrived meanwhile was older than that
+// message's predecessor, and the subscriber silently missed what lay
+// between. Both reads of a sub must not skip anything: the position, and a
+// resume's replay up to it.
+func TestTrailingReplicaReadsSkipNothing(t *testing.T) {
+	const room = "lobby"
+	topic := pjs.RoomSubject(room)
+	t.Run("position", func(t *testing.T) {
+		m := newMemBackend()
+		e := memEdge(t, m, nil)
+		seqs := fill(m, room, 10)
+		sub := &recordingSub{}
+		r, err := e.hub.Join(topic, sub, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The read of the room's newest answers from a replica that has
+		// only the first 3, and a new message reaches the live feed first.
+		var live uint64
+		m.lag, m.lagReads = seqs[2], 1
+		m.beforeLastSeq = func() { live = m.store(topic, "live") }
+		seq, err := m.LastSeq(context.Background(), topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := r.learn(seq)
+		if pos != seqs[9] {
+			t.Fatalf("position %d (read %d), want %d: the live message's predecessor", pos, seq, seqs[9])
+		}
+		r.start(sub, pos)
+		got := []uint64{}
+		for _, f := range sub.snapshot() {
+			got = append(got, frameSeq(t, []byte(f)))
+		}
+		if !slices.Equal(got, []uint64{live}) {
+			t.Fatalf("delivered %v after position %d, want [%d]", got, pos, live)
+		}
+	})
+	t.Run("resume", func(t *testing.T) {
+		m := newMemBackend()
+		e := memEdge(t, m, nil)
+		seqs := fill(m, room, 10)
+		since := seqs[1]
+		// The position is fresh, the first reads of the replay are not.
+		m.lag, m.lagReads, m.lagFetchOnly = seqs[4], 3, true
+		reply, got, _ := resumeIn(t, e, m, room, protocol.Request{Op: protocol.OpSub, Room: room, Since: &since})
+		if want := seqs[2:]; reply.Recovered == nil || !*reply.Recovered || !slices.Equal(got, want) {
+			t.Fatalf("recovered %v, got %v, want %v", reply.Recovered, got, want)
+		}
+	})
+}

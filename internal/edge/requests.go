@@ -58,7 +58,7 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 			c.e.hub.Leave(r, c)
 			return err
 		}
-		r.learn(seq)
+		seq = r.learn(seq)
 	}
 	reply := protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Seq: &seq}
 	var plan *resumePlan
@@ -147,7 +147,10 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 			c.e.metrics.ReplayedFromMemory.Add(float64(len(ds)))
 			return &resumePlan{msgs: ds, complete: true}, nil
 		}
-		ds, err := c.e.reader.latest(ctx, topic, upTo+1, n, 0)
+		ds, _, err := readFresh(ctx, upTo, func() ([]Delivery, bool, error) {
+			ds, err := c.e.reader.latest(ctx, topic, upTo+1, n, 0)
+			return ds, false, err
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +186,9 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 		c.e.metrics.ReplayedFromMemory.Add(float64(len(ds)))
 		return &resumePlan{msgs: ds, complete: true, long: frameBytes(ds) > budget}, nil
 	}
-	replay, more, err := c.e.reader.readRange(ctx, topic, since+1, upTo, max)
+	replay, more, err := readFresh(ctx, upTo, func() ([]Delivery, bool, error) {
+		return c.e.reader.readRange(ctx, topic, since+1, upTo, max)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +224,28 @@ func (c *Conn) recover(ctx context.Context, r *room, upTo uint64, req *protocol.
 	}
 	plan.msgs = append(older, replay...)
 	return plan, nil
+}
+
+// readFresh runs a read of a room's messages up to upTo, the room's
+// position, again for a little while when it stops short of upTo, which is
+// one of the room's messages (its newest, or the predecessor of a live one).
+// Any replica answers a Direct Get, and one that trails the leader (back
+// from a pause, a restart, a partition) does not have the newest yet: taken
+// as it is, such a read would skip what lies between it and the position
+// the subscriber is told. A read that still stops short (the messages left
+// the stream) is returned as it is for the caller to judge.
+func readFresh(ctx context.Context, upTo uint64, read func() ([]Delivery, bool, error)) ([]Delivery, bool, error) {
+	for attempt := 0; ; attempt++ {
+		ds, more, err := read()
+		if err != nil || more || upTo == 0 || (len(ds) > 0 && ds[len(ds)-1].Seq >= upTo) || attempt == 4 {
+			return ds, more, err
+		}
+		select {
+		case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+		case <-ctx.Done():
+			return ds, more, err
+		}
+	}
 }
 
 // frameBytes is the size of ds's frames.

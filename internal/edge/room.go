@@ -38,6 +38,10 @@ type room struct {
 	lastSeq uint64
 	known   bool // lastSeq comes from a live message
 	based   bool // lastSeq comes from reading the stream (before any live message)
+	// origin is the predecessor (Nats-Last-Sequence) of the first live
+	// message when it came before any reading of the stream (not based):
+	// the room has delivered every one of its messages after origin.
+	origin uint64
 	// repair reads the messages of a gap on the live feed from the stream.
 	repair  func(topic string, from, upTo uint64) []Delivery
 	members []*member
@@ -249,19 +253,29 @@ func (r *room) position() (uint64, bool) {
 }
 
 // learn records a last sequence read from the stream while the live feed has
-// not shown one yet. The lowest such reading wins: every subscriber started
-// at or after it, and anything above it that the feed misses is a gap to
-// repair, not a duplicate to drop.
-func (r *room) learn(seq uint64) {
+// not shown one yet, and returns the position a subscriber that joined
+// before the read may be told: every message of the room after it reaches
+// that subscriber. The lowest reading wins: every subscriber started at or
+// after it, and anything above it that the feed misses is a gap to repair,
+// not a duplicate to drop. If the live feed got ahead while the caller
+// read (its first message came first), the room delivers what follows that
+// message's predecessor, and the reading may be older than that (a replica
+// that trails the leader answered it): the position is then the
+// predecessor, not the reading.
+func (r *room) learn(seq uint64) uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.known {
-		return
+		if !r.based {
+			return max(seq, r.origin)
+		}
+		return seq
 	}
 	if !r.based || seq < r.lastSeq {
 		r.lastSeq = seq
 	}
 	r.based = true
+	return seq
 }
 
 // start ends s's syncing state: frames (the reply, then any replayed
@@ -469,6 +483,9 @@ func (r *room) fanoutLocked(d Delivery, pred uint64) (squeezed bool) {
 		return false
 	}
 	squeezed = r.remember(d, pred)
+	if !r.known && !r.based {
+		r.origin = pred
+	}
 	r.lastSeq = d.Seq
 	r.known = true
 	n := 0
