@@ -877,7 +877,10 @@ func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 }
 
 // Publish sends data (any JSON-encodable value, or json.RawMessage) to a
-// room. msgID (optional) makes retries safe: reuse it when retrying.
+// room. msgID (optional) makes retries safe: reuse it when retrying. When
+// ctx carries an OpenTelemetry span, its W3C trace context goes with the
+// message (traceparent), so the edge, the deliveries and the archive join
+// that trace.
 func (c *Client) Publish(ctx context.Context, room, msgID string, data any) (PubAck, error) {
 	return c.publish(ctx, protocol.Request{Op: protocol.OpPub, Room: room, MsgID: msgID}, data)
 }
@@ -897,6 +900,7 @@ func (c *Client) publish(ctx context.Context, req protocol.Request, data any) (P
 		raw = b
 	}
 	req.Data = raw
+	withTrace(ctx, &req)
 	r, err := c.call(ctx, req, nil)
 	if err != nil {
 		return PubAck{}, err
@@ -929,9 +933,12 @@ func (c *Client) History(ctx context.Context, room string, before uint64, limit 
 	return msgs, nil
 }
 
-// Presence lists the users present in a room.
+// Presence lists the users present in a room. Like Publish, it sends the
+// trace context of ctx's span, if any.
 func (c *Client) Presence(ctx context.Context, room string) ([]string, error) {
-	r, err := c.call(ctx, protocol.Request{Op: protocol.OpPresence, Room: room}, nil)
+	req := protocol.Request{Op: protocol.OpPresence, Room: room}
+	withTrace(ctx, &req)
+	r, err := c.call(ctx, req, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -59,6 +59,11 @@ type Request struct {
 	Before uint64          `json:"before,omitempty"`
 	Limit  int             `json:"limit,omitempty"`
 	Token  string          `json:"token,omitempty"` // refresh
+	// Traceparent and Tracestate (pub, presence) are the W3C Trace Context
+	// of the request: the edge's span continues that trace, and a pub's
+	// message carries it through NATS (docs/tracing.md).
+	Traceparent string `json:"traceparent,omitempty"`
+	Tracestate  string `json:"tracestate,omitempty"`
 }
 
 // Reply answers one request. OK and Error are mutually exclusive.

@@ -309,15 +309,19 @@ func decodeRequestFast(line []byte, r *Request) error {
 			v, ok := s.Str()
 			r.Op = opString(v)
 			return ok
-		case "room", "to", "msg_id":
+		case "room", "to", "msg_id", "traceparent", "tracestate":
 			v, ok := s.Str()
 			switch string(key) {
 			case "room":
 				r.Room = string(v)
 			case "to":
 				r.To = string(v)
-			default:
+			case "msg_id":
 				r.MsgID = string(v)
+			case "traceparent":
+				r.Traceparent = string(v)
+			default:
+				r.Tracestate = string(v)
 			}
 			return ok
 		case "since":

@@ -39,6 +39,9 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"op":"ping"}x`,
 		`{"op":"pub","room":"r","data":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}`,
 		"{\"op\":\"pub\",\"room\":\"r\",\"data\":\"\u2028\"}",
+		`{"id":8,"op":"pub","room":"lobby","data":1,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"congo=t61rcWkgMzE"}`,
+		`{"op":"presence","room":"lobby","traceparent":"\u0030\u0030-x"}`,
+		`{"op":"pub","traceparent":7}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -65,6 +68,6 @@ func dump(r *Request) string {
 	if r.Last != nil {
 		last = fmt.Sprint(*r.Last)
 	}
-	return fmt.Sprintf("id=%d op=%q room=%q to=%q since=%s last=%s msg_id=%q before=%d limit=%d data=%q (nil %t)",
-		r.ID, r.Op, r.Room, r.To, since, last, r.MsgID, r.Before, r.Limit, r.Data, r.Data == nil)
+	return fmt.Sprintf("id=%d op=%q room=%q to=%q since=%s last=%s msg_id=%q before=%d limit=%d traceparent=%q tracestate=%q token=%q data=%q (nil %t)",
+		r.ID, r.Op, r.Room, r.To, since, last, r.MsgID, r.Before, r.Limit, r.Traceparent, r.Tracestate, r.Token, r.Data, r.Data == nil)
 }

@@ -37,6 +37,7 @@ type options struct {
 	nats    config.NATS
 	listen  string
 	log     config.Log
+	tracing config.Tracing
 }
 
 const synopsis = `Usage:
@@ -46,6 +47,8 @@ const synopsis = `Usage:
 
 --nats is required: the dev mesh (go run ./cmd/edge) runs an archiver itself.
 HTTP /metrics, /healthz and /readyz are served on --listen (default 127.0.0.1:8082).
+Tracing (OTLP/HTTP) is off unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER=otlp
+is set; OTEL_SERVICE_NAME defaults to parley-archiver (docs/tracing.md).
 Exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or store configuration, 1 otherwise.`
 
 func parse(args []string, getenv func(string) string) (*options, error) {
@@ -81,6 +84,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		checkHistorySubject(c.HistorySubject),
 		config.Positive("history-max", c.HistoryMax),
 		o.log.SetLogger(&c.Logger),
+		o.tracing.Read(getenv),
 	)
 }
 
@@ -159,6 +163,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, listeni
 			return err
 		}, "stream", pjs.ChatStream, "consumer", pjs.ArchiveConsumer)
 	}
+	tp, stopTracing, err := o.tracing.Start(ctx, log, "parley-archiver", "")
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the archiver and its connection: its last spans go too
+	o.archive.TracerProvider = tp
 	nc, err := o.nats.Connect(o.nats.URLs, log)
 	if err != nil {
 		return err

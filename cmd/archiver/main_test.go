@@ -61,6 +61,8 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 	configtest.CheckUsageErrors(t, "archiver", []configtest.Case{
 		{Name: "required", Args: nil, Want: []string{"--nats"}},
 		{Name: "required", Args: []string{"provision"}, Want: []string{"--nats"}},
+		{Name: "otel-exporter", Args: nats(), Env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, Want: []string{"OTEL_TRACES_EXPORTER", "otlp"}},
+		{Name: "otel-protocol", Args: nats(), Env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, Want: []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"}},
 		{Name: "negative", Args: nats("--batch", "-5"), Want: []string{"--batch"}},
 		{Name: "negative", Args: nats("--ack-wait", "-1s"), Want: []string{"--ack-wait"}},
 		{Name: "zero", Args: nats("--max-ack-pending", "0"), Want: []string{"--max-ack-pending"}},

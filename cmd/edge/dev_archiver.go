@@ -26,6 +26,7 @@ func startDevArchiver(srv interface{ Shutdown() }, o *options, log *slog.Logger)
 	return startDevWorker(srv, o, log, "archiver", func(nc *nats.Conn) (devWorker, error) {
 		cfg := archive.DefaultConfig()
 		cfg.Logger = log
+		cfg.TracerProvider = o.edge.TracerProvider
 		a, err := archive.New(cfg, nc, store)
 		if err != nil {
 			return nil, err

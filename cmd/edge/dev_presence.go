@@ -17,6 +17,7 @@ func startDevPresence(srv interface{ Shutdown() }, o *options, log *slog.Logger)
 		cfg := presence.DefaultConfig()
 		cfg.Listen = "" // the edge's /metrics is the dev mesh's only HTTP surface
 		cfg.Logger = log
+		cfg.TracerProvider = o.edge.TracerProvider
 		return presence.New(cfg, nc)
 	}, nil)
 }

@@ -58,6 +58,7 @@ type options struct {
 	keys            *auth.Keys          // the JWT keys in use (loadAuth)
 	cert            *reload.Certificate // the TLS certificate in use (loadTLS)
 	log             config.Log
+	tracing         config.Tracing
 
 	// hosts and proxies are --allowed-hosts and --trusted-proxies as given.
 	hosts   string
@@ -77,7 +78,10 @@ const (
                           mesh on this machine: embedded NATS with JetStream (data in --data),
                           presence and archiver in-process, insecure ?user= mode without JWT keys
   edge provision [flags]  create or update the chat stream PARLEY_CHAT and exit, for a one-shot
-                          job (the edge also does it at every start); edge provision --help`
+                          job (the edge also does it at every start); edge provision --help
+
+Tracing (OTLP/HTTP) is off unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER=otlp is
+set; OTEL_SERVICE_NAME defaults to parley-edge (docs/tracing.md).`
 	provisionSynopsis = `Usage:
   edge provision --nats URL [flags]
       create or update the chat stream PARLEY_CHAT with the --stream-* settings below and
@@ -117,6 +121,7 @@ func parse(args []string, getenv func(string) string, provision bool) (*options,
 		o.nats.Check(),
 		checkStream(c.Stream),
 		o.log.SetLogger(&c.Logger),
+		o.tracing.Read(getenv),
 	); err != nil {
 		return nil, err
 	}
@@ -367,6 +372,16 @@ func runTo(ctx context.Context, args []string, getenv func(string) string, banne
 	if o.nats.URLs != "" && !o.edge.Auth.Enabled() && !o.edge.Insecure {
 		return config.Usagef("%w: set --jwt-secret/--jwt-public-key/--jwt-jwks-url, or --insecure to accept ?user= (never in production)", edge.ErrNoAuth)
 	}
+	// Deferred first, so it runs last: the spans of the drain and of the dev
+	// mesh's workers are flushed too. The dev mesh's presence worker and
+	// archiver trace through the same provider, under the edge's service
+	// name (their spans name their component).
+	tp, stopTracing, err := o.tracing.Start(ctx, log, "parley-edge", o.edge.Presence.EdgeID)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	o.edge.TracerProvider = tp
 
 	var nc *nats.Conn
 	if o.nats.URLs == "" {

@@ -159,6 +159,8 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 	secret := []string{"--jwt-secret", strings.Repeat("k", 32)}
 	configtest.CheckUsageErrors(t, "edge", []configtest.Case{
 		{Name: "negative", Args: []string{"--max-frame-bytes", "-5"}, Want: []string{"--max-frame-bytes"}},
+		{Name: "otel-exporter", Args: nil, Env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, Want: []string{"OTEL_TRACES_EXPORTER", "otlp"}},
+		{Name: "otel-protocol", Args: nil, Env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, Want: []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"}},
 		{Name: "negative", Args: []string{"--max-connections", "-1"}, Want: []string{"--max-connections"}},
 		{Name: "negative", Args: []string{"--stream-max-bytes", "-1"}, Want: []string{"--stream-max-bytes"}},
 		{Name: "negative", Args: []string{"--write-delay", "-1ms"}, Want: []string{"--write-delay"}},

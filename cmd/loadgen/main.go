@@ -90,6 +90,7 @@ Flags:
 	fs.DurationVar(&s.Duration, "duration", 30*time.Second, "measured phase (after all connections are up)")
 	fs.IntVar(&s.Sources, "sources", 8, "source addresses 127.0.0.2 … to spread connections over")
 	fs.IntVar(&s.Window, "window", 8, "publish: publishes in flight per connection")
+	fs.IntVar(&s.Backlog, "backlog", 0, "reconnect: messages each worker stores in each of its rooms while its connections are away (a long resume of that many)")
 	fs.DurationVar(&s.Ramp, "ramp-timeout", 0, "give up connecting after this long (default: twice conns/rate + 30s)")
 	fs.StringVar(&s.Token, "token", "", "JWT for every connection (default: ?user=, for insecure edges)")
 	fs.StringVar(&procs, "procs", "edge,nats-server", "process names (/proc comm) whose RSS and CPU are sampled")

@@ -18,6 +18,7 @@ type options struct {
 	presence presence.Config
 	nats     config.NATS
 	log      config.Log
+	tracing  config.Tracing
 }
 
 const synopsis = `Usage:
@@ -26,6 +27,8 @@ const synopsis = `Usage:
 
 --nats is required: the dev mesh (go run ./cmd/edge) runs a presence worker itself.
 HTTP /metrics, /healthz and /readyz are served on --listen (default 127.0.0.1:8081).
+Tracing (OTLP/HTTP) is off unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER=otlp
+is set; OTEL_SERVICE_NAME defaults to parley-presence (docs/tracing.md).
 Exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line, 1 otherwise.`
 
 func parse(args []string, getenv func(string) string) (*options, error) {
@@ -61,6 +64,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		config.Positive("write-timeout", c.WriteTimeout),
 		config.Positive("max-pending", c.MaxPending),
 		o.log.SetLogger(&c.Logger),
+		o.tracing.Read(getenv),
 	); err != nil {
 		return nil, err
 	}
@@ -84,6 +88,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	tp, stopTracing, err := o.tracing.Start(ctx, o.presence.Logger, "parley-presence", o.presence.ID)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the worker and its connection: its last spans go too
+	o.presence.TracerProvider = tp
 	nc, err := o.nats.Connect(o.nats.URLs, o.presence.Logger)
 	if err != nil {
 		return err

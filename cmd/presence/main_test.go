@@ -52,6 +52,8 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{Name: "enum", Args: nats("--log-level", "verbose"), Want: []string{"--log-level"}},
 		{Name: "conflict", Args: nats("--lease-ttl", "1s"), Want: []string{"--lease-ttl", "--lease-interval"}},
 		{Name: "conflict", Args: nats("--nats-password", "pw"), Want: []string{"--nats-password", "--nats-user"}},
+		{Name: "otel-exporter", Args: nats(), Env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, Want: []string{"OTEL_TRACES_EXPORTER", "otlp"}},
+		{Name: "otel-protocol", Args: nats(), Env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, Want: []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"}},
 	})
 }
 

@@ -13,9 +13,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/metrics"
+	"github.com/parley-mesh/parley/internal/tracing"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
@@ -40,7 +42,10 @@ type Config struct {
 	HistoryMax int
 	// QueryTimeout bounds one history query on the store.
 	QueryTimeout time.Duration
-	Logger       *slog.Logger
+	// TracerProvider, when set, gives each stored message that carries a
+	// trace an archive span (docs/tracing.md); nil: no spans.
+	TracerProvider trace.TracerProvider
+	Logger         *slog.Logger
 }
 
 // DefaultConfig returns the defaults documented in docs/archiver.md.
@@ -92,6 +97,7 @@ type Archiver struct {
 	store    Store
 	registry *prometheus.Registry
 	metrics  *Metrics
+	tracer   trace.Tracer // nil: tracing is off (trace.go)
 
 	ready   atomic.Bool
 	storeOK atomic.Bool
@@ -109,7 +115,8 @@ func New(cfg Config, nc *nats.Conn, store Store) (*Archiver, error) {
 	if cfg.Batch > o.MaxAckPending {
 		return nil, fmt.Errorf("%w: batch %d, max ack pending %d", ErrBatchTooLarge, cfg.Batch, o.MaxAckPending)
 	}
-	a := &Archiver{cfg: cfg, log: cfg.Logger, nc: nc, store: store, registry: metrics.NewRegistry()}
+	a := &Archiver{cfg: cfg, log: cfg.Logger, nc: nc, store: store, registry: metrics.NewRegistry(),
+		tracer: tracing.Tracer(cfg.TracerProvider, "github.com/parley-mesh/parley/internal/archive")}
 	a.metrics = NewMetrics(a.registry)
 	metrics.RegisterConnected(a.registry, prometheus.GaugeOpts{
 		Name: "parley_archiver_nats_connected", Help: "1 when the archiver is connected to NATS.",
@@ -246,14 +253,16 @@ func (a *Archiver) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstr
 // replicas get them after AckWait). It returns an error only when the
 // afterCommit hook simulates a crash.
 func (a *Archiver) archive(ctx context.Context, msgs []jetstream.Msg) error {
+	spans := a.startSpans(msgs)
 	var b Batch
 	acks := make([]jetstream.Msg, 0, len(msgs))
-	for _, m := range msgs {
+	for i, m := range msgs {
 		r, p, err := fromMsg(m)
 		if err != nil {
 			// Not a stream message at all: nothing to archive or redeliver.
-			a.log.Error("terminating undecodable delivery", "subject", m.Subject(), "err", err)
+			a.log.ErrorContext(spans.ctx(i), "terminating undecodable delivery", "subject", m.Subject(), "err", err)
 			_ = m.Term()
+			spans.fail(i, "undecodable delivery terminated")
 			continue
 		}
 		if p != nil {
@@ -279,6 +288,7 @@ func (a *Archiver) archive(ctx context.Context, msgs []jetstream.Msg) error {
 			for _, m := range acks {
 				_ = m.Nak()
 			}
+			spans.end("handed back unstored: the archiver is stopping")
 			return nil
 		}
 		if errors.Is(err, ErrRejected) {
@@ -297,6 +307,7 @@ func (a *Archiver) archive(ctx context.Context, msgs []jetstream.Msg) error {
 	a.setStoreUp(true)
 	if a.afterCommit != nil {
 		if err := a.afterCommit(); err != nil {
+			spans.end("stopped between commit and ack")
 			return err
 		}
 	}
@@ -313,9 +324,11 @@ func (a *Archiver) archive(ctx context.Context, msgs []jetstream.Msg) error {
 	if len(b.Poison) > 0 {
 		a.metrics.Poison.Add(float64(len(b.Poison)))
 		for _, p := range b.Poison {
-			a.log.Warn("poison message recorded and skipped", "seq", p.Seq, "subject", p.Subject, "reason", p.Reason)
+			a.log.WarnContext(spans.seqCtx(p.Seq), "poison message recorded and skipped", "seq", p.Seq, "subject", p.Subject, "reason", p.Reason)
+			spans.fail(spans.index(p.Seq), "poison: recorded, not archived: "+p.Reason)
 		}
 	}
+	spans.end("")
 	if md, err := acks[n-1].Metadata(); err == nil {
 		a.metrics.LagSeconds.Set(max(time.Since(md.Timestamp).Seconds(), 0))
 	}

@@ -4,11 +4,14 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+
+	"github.com/parley-mesh/parley/internal/tracing"
 )
 
 // NewLogger builds the components' structured logger from --log-level
 // (debug, info, warn, error) and --log-format (json or text), on stderr. A
-// bad value is a usage error.
+// bad value is a usage error. Lines logged inside a span carry its trace_id
+// and span_id (tracing.LogHandler).
 func NewLogger(level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
@@ -17,9 +20,9 @@ func NewLogger(level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(tracing.LogHandler(slog.NewJSONHandler(os.Stderr, opts))), nil
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(tracing.LogHandler(slog.NewTextHandler(os.Stderr, opts))), nil
 	}
 	return nil, Usagef("--log-format must be json or text, not %q", format)
 }

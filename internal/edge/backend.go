@@ -53,8 +53,10 @@ type Backend interface {
 	// reaches the ack handler the backend was built with, under token,
 	// exactly once unless it is never answered (the publisher's sweep
 	// times it out). dedupID, when set, makes a retry with the same id a
-	// duplicate instead of a second message.
-	Publish(token uint64, subject, dedupID string, data []byte) error
+	// duplicate instead of a second message. tc, when set, is the trace the
+	// message continues: it is stored with it (NATS headers), so every
+	// reader of the stream can continue it too.
+	Publish(token uint64, subject, dedupID string, data []byte, tc traceHeaders) error
 	// Connected reports whether the backend can take publishes now.
 	Connected() bool
 }
@@ -62,6 +64,10 @@ type Backend interface {
 // StreamState is what the edge needs of the stream's state.
 type StreamState struct {
 	FirstSeq, LastSeq, NumDeleted uint64
+	// Created is when the stream was created: a stream deleted and made
+	// again starts its sequences anew, and this is what tells the two apart
+	// (the Centrifugo endpoint's epoch).
+	Created time.Time
 }
 
 // Cursor reads one topic forwards (Backend.OpenCursor).

@@ -46,8 +46,8 @@ type memBackend struct {
 	lagReads      int
 	lagFetchOnly  bool // the trailing replica serves Fetch, not LastSeq (the leader does)
 	beforeLastSeq func()
-	presence  []string
-	acks      ackFunc
+	presence      []string
+	acks          ackFunc
 }
 
 type memMsg struct {
@@ -318,7 +318,7 @@ func (m *memBackend) PresenceQuery(_ context.Context, q pjs.PresenceQuery) (*pjs
 	return &pjs.PresenceQueryReply{Users: slices.Clone(m.presence), Total: len(m.presence)}, nil
 }
 
-func (m *memBackend) Publish(token uint64, subject, _ string, data []byte) error {
+func (m *memBackend) Publish(token uint64, subject, _ string, data []byte, _ traceHeaders) error {
 	seq := m.store(subject, string(data))
 	if m.acks != nil {
 		go m.acks(token, seq, false, nil)

@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/parley-mesh/parley/internal/tracing"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -29,6 +31,9 @@ type natsBackend struct {
 	name    string        // the stream's name, for Direct Get subjects
 	timeout time.Duration // one read's bound
 	log     *slog.Logger
+	// tracer, when set, gives each traced live message a deliver span
+	// (trace.go); nil: tracing is off.
+	tracer trace.Tracer
 	// archiveSubject is where the archive's history service listens
 	// ("": none configured).
 	archiveSubject string
@@ -72,17 +77,8 @@ func (b *natsBackend) stop() {
 func (b *natsBackend) Connected() bool { return b.nc.IsConnected() }
 
 func (b *natsBackend) Subscribe(topic string, deliver func(Delivery)) (func(), error) {
-	target := pushTarget(topic)
 	subject := pjs.LiveSubject(topic)
-	handle := func(m *nats.Msg) {
-		d, err := decodeLive(m, target)
-		if err != nil {
-			b.dropped()
-			b.log.Warn("dropping live message", "subject", m.Subject, "err", err)
-			return
-		}
-		deliver(d)
-	}
+	handle := b.liveHandler(pushTarget(topic), deliver)
 	// A message that reaches the shard before the handler is stored is
 	// dropped: it was stored before the caller reads the topic's position
 	// (after this returns), so it is not owed to anyone.
@@ -98,6 +94,32 @@ func (b *natsBackend) Subscribe(topic string, deliver func(Delivery)) (func(), e
 		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
 	}
 	return unsubscribe, nil
+}
+
+// liveHandler is what a topic's live subscription does with each message:
+// decode it once and hand it to deliver (the topic's room).
+func (b *natsBackend) liveHandler(t target, deliver func(Delivery)) func(*nats.Msg) {
+	return func(m *nats.Msg) {
+		if b.tracer != nil {
+			b.deliverTraced(m, t, deliver)
+			return
+		}
+		if d, ok := b.decodeLive(context.Background(), m, t); ok {
+			deliver(d)
+		}
+	}
+}
+
+// decodeLive decodes a live message, or drops it (logged with ctx, which
+// carries the message's span when it is traced, and counted).
+func (b *natsBackend) decodeLive(ctx context.Context, m *nats.Msg, t target) (Delivery, bool) {
+	d, err := decodeLive(m, t)
+	if err != nil {
+		b.dropped()
+		b.log.WarnContext(ctx, "dropping live message", "subject", m.Subject, "err", err)
+		return Delivery{}, false
+	}
+	return d, true
 }
 
 // directGet sends one Direct Get request and hands each response message
@@ -218,7 +240,7 @@ func (b *natsBackend) StreamState(ctx context.Context) (StreamState, error) {
 		return StreamState{}, fmt.Errorf("%w: stream info: %w", protocol.ErrUnavailable, err)
 	}
 	st := info.State
-	return StreamState{FirstSeq: st.FirstSeq, LastSeq: st.LastSeq, NumDeleted: uint64(st.NumDeleted)}, nil
+	return StreamState{FirstSeq: st.FirstSeq, LastSeq: st.LastSeq, NumDeleted: uint64(st.NumDeleted), Created: info.Created}, nil
 }
 
 // Holds reads from..to with batched Direct Get without a subject filter: a
@@ -372,9 +394,15 @@ func (b *natsBackend) ArchiveHistory(ctx context.Context, req pjs.ArchiveHistory
 // PresenceQuery asks whichever presence worker answers first.
 func (b *natsBackend) PresenceQuery(ctx context.Context, q pjs.PresenceQuery) (*pjs.PresenceQueryReply, error) {
 	body, _ := json.Marshal(q)
+	req := &nats.Msg{Subject: pjs.PresenceQuerySubject, Data: body}
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		// The worker continues the query's trace (docs/tracing.md).
+		req.Header = nats.Header{}
+		tracing.Inject(ctx, req.Header)
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
-	m, err := b.nc.RequestWithContext(ctx, pjs.PresenceQuerySubject, body)
+	m, err := b.nc.RequestMsgWithContext(ctx, req)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, fmt.Errorf("%w: no presence service is running", protocol.ErrUnavailable)
@@ -391,11 +419,20 @@ func (b *natsBackend) PresenceQuery(ctx context.Context, q pjs.PresenceQuery) (*
 	return &r, nil
 }
 
-func (b *natsBackend) Publish(token uint64, subject, dedupID string, data []byte) error {
+func (b *natsBackend) Publish(token uint64, subject, dedupID string, data []byte, tc traceHeaders) error {
 	m := nats.NewMsg(subject)
 	m.Data = data
 	if dedupID != "" {
 		m.Header.Set(jetstream.MsgIDHeader, dedupID)
+	}
+	if tc.parent != "" {
+		// The stream stores headers with the message and RePublish passes
+		// them on: edges, archivers and backend services all read the
+		// trace from here.
+		m.Header.Set(tracing.HeaderTraceparent, tc.parent)
+		if tc.state != "" {
+			m.Header.Set(tracing.HeaderTracestate, tc.state)
+		}
 	}
 	m.Reply = b.inbox + strconv.FormatUint(token, 10)
 	if err := b.nc.PublishMsg(m); err != nil {

@@ -72,6 +72,10 @@ type Conn struct {
 	lifeCancel context.CancelFunc
 	// personal are the DM and broadcast topics every connection is in.
 	personal []*room
+	// cf is set on a Centrifugo protocol connection (centrifugo.go): its
+	// requests, replies and pushes are translated, everything else is the
+	// same machinery. Nil on a Parley connection.
+	cf *cfState
 
 	reqLimit  *rate.Limiter
 	pubLimit  *rate.Limiter
@@ -140,6 +144,13 @@ func (c *Conn) attach(ws *websocket.Conn) {
 
 // deliver queues a frame; a full queue makes this a slow consumer.
 func (c *Conn) deliver(frame []byte) {
+	if c.cf != nil {
+		// Rooms and presence push Parley frames, encoded once for every
+		// connection; a Centrifugo connection translates them here.
+		if frame = c.cfPush(frame); frame == nil {
+			return
+		}
+	}
 	if ok, overflow := c.out.push(frame); !ok && overflow {
 		c.close(protocol.CloseSlowConsumer, "slow consumer: outbound queue overflowed; reconnect and resume with since")
 	}
@@ -191,7 +202,7 @@ func (c *Conn) lifeCtx() context.Context {
 // reader sees the end tears the connection down.
 func (c *Conn) serve() {
 	cfg := &c.e.cfg
-	c.fr = newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, cfg.MessageTimeout, func(payload []byte) error {
+	onPing := func(payload []byte) error {
 		// Pings cost the edge a write each: past the request rate they
 		// go unanswered (RFC 6455 §5.5.3 lets a pong answer only the
 		// latest) and count as abuse.
@@ -200,11 +211,22 @@ func (c *Conn) serve() {
 			return nil
 		}
 		return c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(cfg.WriteTimeout))
-	})
+	}
+	if c.fr == nil {
+		c.fr = newFrameReader(c.ws.NetConn(), cfg.ReadTimeout, cfg.MessageTimeout, onPing)
+	} else { // a Centrifugo connection read its connect command already
+		c.fr.timeout, c.fr.onPing = cfg.ReadTimeout, onPing
+	}
 	c.rc = c.fr.rc
 	c.fr.deadline()
 	c.schedulePing()
 	c.e.presence.connected(c)
+	if c.cf != nil && c.cf.rest != nil {
+		// Commands that came in the connect command's frame.
+		rest := c.cf.rest
+		c.cf.rest = nil
+		c.handleFrame(rest)
+	}
 	c.readOn(false)
 }
 

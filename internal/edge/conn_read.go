@@ -155,6 +155,10 @@ func (c *Conn) handlerLoop(frame []byte) {
 // connection (1011).
 func (c *Conn) handleLines(frame []byte) {
 	defer c.contain("handle")
+	if c.cf != nil {
+		c.handleCentrifugo(frame)
+		return
+	}
 	protocol.SplitFrame(frame, c.handle)
 }
 

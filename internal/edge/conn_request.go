@@ -114,6 +114,10 @@ func jsonKind(t reflect.Type) string {
 }
 
 func (c *Conn) reply(r protocol.Reply) {
+	if c.cf != nil {
+		c.cfReplyParley(r)
+		return
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		c.log.Error("encode reply", "err", err)

@@ -89,6 +89,11 @@ func (c *Conn) schedulePing() {
 			return
 		}
 		c.out.pingDue()
+		if c.cf != nil {
+			// Centrifugo's SDKs expect the server's own ping, an empty
+			// reply, and answer it with an empty command.
+			c.deliver(cfPing)
+		}
 		c.pinger.Store(time.AfterFunc(c.e.cfg.PingInterval, tick))
 	}
 	c.pinger.Store(time.AfterFunc(c.e.cfg.PingInterval, tick))
@@ -128,7 +133,7 @@ func (c *Conn) finish(frames [][]byte) {
 	if len(reason) > 120 { // control frames carry at most 125 bytes
 		reason = reason[:120]
 	}
-	msg := websocket.FormatCloseMessage(c.closeCode, reason)
+	msg := websocket.FormatCloseMessage(c.wireCloseCode(c.closeCode), reason)
 	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.e.cfg.WriteTimeout))
 	c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
 	// Half-close: the close frame is followed by FIN, and the reader

@@ -28,10 +28,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/parley-mesh/parley/internal/auth"
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/metrics"
+	"github.com/parley-mesh/parley/internal/tracing"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -139,6 +141,11 @@ type Config struct {
 	// LivePendingMsgs bounds what the NATS client buffers per live topic
 	// before dropping (gap repair then reads the drops from the stream).
 	LivePendingMsgs int
+	// TracerProvider, when set, traces publishes, live deliveries and
+	// presence queries (docs/tracing.md). Nil: the edge starts no span, but
+	// a client's valid traceparent still travels with its message, so the
+	// services after the edge can continue the client's trace.
+	TracerProvider trace.TracerProvider
 
 	Logger *slog.Logger
 }
@@ -239,6 +246,8 @@ type Edge struct {
 	registry *prometheus.Registry
 	metrics  *metrics.Edge
 	upgrader websocket.Upgrader
+	// tracer starts the edge's spans; nil: tracing is off (trace.go).
+	tracer trace.Tracer
 
 	// backend is everything the edge asks of NATS (backend.go); natsb is
 	// the same, for what only the NATS one has (its dispatchers, stop).
@@ -271,6 +280,9 @@ type Edge struct {
 	requestHook atomic.Pointer[func(op string)]
 
 	nextConn atomic.Uint64
+	// epoch is the chat stream's identity as the Centrifugo endpoint tells
+	// it (centrifugo.go), read from the stream at most once a second.
+	epoch    epochCache
 	draining atomic.Bool
 	started  atomic.Bool
 
@@ -299,6 +311,7 @@ func New(cfg Config, nc *nats.Conn) (*Edge, error) {
 		serveErr: make(chan error, 1),
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.tracer = tracing.Tracer(cfg.TracerProvider, tracerName)
 	if cfg.Auth.Enabled() {
 		v, err := auth.NewVerifier(cfg.Auth)
 		if err != nil {
@@ -357,8 +370,10 @@ func (e *Edge) Start(ctx context.Context) error {
 	}
 	e.replaySlots = make(chan struct{}, e.cfg.MaxReplays)
 	e.pub = newPublisher(e.metrics, e.cfg.PublishTimeout, 65536)
+	e.pub.tracer = e.tracer
 	e.natsb = &natsBackend{
 		nc: e.nc, js: js, stream: stream, name: pjs.ChatStream, timeout: e.cfg.RequestTimeout, log: e.log,
+		tracer:         e.tracer,
 		archiveSubject: e.cfg.ArchiveSubject,
 		dropped:        e.metrics.DroppedLive.Inc,
 		shards: newLiveShards(max(4, 2*runtime.GOMAXPROCS(0)), e.cfg.LivePendingMsgs, func(v any) {
@@ -552,6 +567,8 @@ func (e *Edge) Handler() http.Handler {
 		metrics.Requirement{Unmet: "not connected to NATS", Met: func() bool { return e.nc.IsConnected() }},
 	)
 	mux.HandleFunc("GET /ws", e.serveWS)
+	// Centrifugo's client protocol v2 (JSON), for its SDKs (centrifugo.go).
+	mux.HandleFunc("GET /connection/websocket", e.serveCentrifugo)
 	if e.cfg.UI != nil {
 		mux.Handle("GET /", e.cfg.UI)
 	}
@@ -564,24 +581,7 @@ func (e *Edge) Handler() http.Handler {
 }
 
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
-	if e.draining.Load() {
-		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
-		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is shutting down; connect to another edge")
-		return
-	}
-	// The origin first: a refused page learns nothing about the user it
-	// claims to be, and costs no token verification.
-	if !e.checkOrigin(r) {
-		origin := r.Header.Get("Origin")
-		e.metrics.ConnectsTotal.WithLabelValues("forbidden").Inc()
-		e.logRefusal(&e.admit.originLog, "refused a browser origin", "origin", origin, "host", r.Host, "allow_with", "--allowed-origins")
-		httpError(w, http.StatusForbidden, protocol.CodeForbidden,
-			fmt.Sprintf("origin %q may not connect to this edge (the operator can allow it with --allowed-origins)", origin))
-		return
-	}
-	// A cheap early answer for a full edge; acquire below is the exact one.
-	if e.cfg.MaxConnections > 0 && e.admit.count() >= e.cfg.MaxConnections {
-		e.refuseFull(w)
+	if !e.mayUpgrade(w, r) {
 		return
 	}
 	ident, err := e.authenticate(r)
@@ -631,7 +631,20 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	e.metrics.ConnectsTotal.WithLabelValues("ok").Inc()
 	c.attach(ws)
+	if !e.register(c, lease) {
+		return
+	}
+	c.log.Debug("connected", "remote", r.RemoteAddr)
+	// The connection lives on a goroutine of its own so that this handler
+	// returns: net/http then lets go of its per-connection state (request,
+	// buffered writer, the handler's deep stack), several KiB per idle
+	// WebSocket.
+	go e.runConn(c, ident)
+}
 
+// register counts an attached connection as the edge's, holding lease, or
+// closes it (shutting down) if the drain began first.
+func (e *Edge) register(c *Conn, lease *lease) bool {
 	// Registration and the drain's start are ordered by e.mu: a connection
 	// either is counted before Shutdown waits, or sees the drain and leaves.
 	e.mu.Lock()
@@ -639,11 +652,11 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		e.mu.Unlock()
 		c.leavePersonal()
 		e.admit.release(lease)
-		_ = ws.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(protocol.CloseShuttingDown, "edge shutting down: reconnect to another edge"),
+		_ = c.ws.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(c.wireCloseCode(protocol.CloseShuttingDown), "edge shutting down: reconnect to another edge"),
 			time.Now().Add(time.Second))
-		_ = ws.Close()
-		return
+		_ = c.ws.Close()
+		return false
 	}
 	// Bound before the connection is registered: from then on a close
 	// (a drain, the token timer) may run its teardown, and connGone must
@@ -653,12 +666,34 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	e.conns[c] = struct{}{}
 	e.mu.Unlock()
 	e.metrics.Connections.Inc()
-	c.log.Debug("connected", "remote", r.RemoteAddr)
-	// The connection lives on a goroutine of its own so that this handler
-	// returns: net/http then lets go of its per-connection state (request,
-	// buffered writer, the handler's deep stack), several KiB per idle
-	// WebSocket.
-	go e.runConn(c, ident)
+	return true
+}
+
+// mayUpgrade answers a WebSocket request that cannot be served (the edge
+// drains, the page's origin is refused, the edge is full) and reports
+// whether it may go on; both client protocols' endpoints start with it.
+func (e *Edge) mayUpgrade(w http.ResponseWriter, r *http.Request) bool {
+	if e.draining.Load() {
+		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
+		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is shutting down; connect to another edge")
+		return false
+	}
+	// The origin first: a refused page learns nothing about the user it
+	// claims to be, and costs no token verification.
+	if !e.checkOrigin(r) {
+		origin := r.Header.Get("Origin")
+		e.metrics.ConnectsTotal.WithLabelValues("forbidden").Inc()
+		e.logRefusal(&e.admit.originLog, "refused a browser origin", "origin", origin, "host", r.Host, "allow_with", "--allowed-origins")
+		httpError(w, http.StatusForbidden, protocol.CodeForbidden,
+			fmt.Sprintf("origin %q may not connect to this edge (the operator can allow it with --allowed-origins)", origin))
+		return false
+	}
+	// A cheap early answer for a full edge; acquire is the exact one.
+	if e.cfg.MaxConnections > 0 && e.admit.count() >= e.cfg.MaxConnections {
+		e.refuseFull(w)
+		return false
+	}
+	return true
 }
 
 // runConn serves an upgraded connection until it ends.
@@ -678,13 +713,19 @@ func (e *Edge) connGone(c *Conn) {
 }
 
 func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
-	if token := auth.TokenFromRequest(r); token != "" {
+	return e.identify(auth.TokenFromRequest(r), r.URL.Query().Get("user"))
+}
+
+// identify is who a token speaks for, or (insecure mode, no token) the dev
+// user named by ?user=; both client protocols authenticate through it.
+func (e *Edge) identify(token, user string) (*auth.Identity, error) {
+	if token != "" {
 		if e.verifier == nil {
 			return nil, errors.New("this edge has no JWT key configured; connect with ?user= in insecure mode")
 		}
 		return e.verifier.Verify(token)
 	}
-	if user := r.URL.Query().Get("user"); user != "" && e.cfg.Insecure {
+	if user != "" && e.cfg.Insecure {
 		if !protocol.ValidName(user) {
 			return nil, fmt.Errorf("user %q is not 1-%d characters of [A-Za-z0-9_-]", user, protocol.MaxNameLen)
 		}

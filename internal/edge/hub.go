@@ -256,12 +256,13 @@ func (h *Hub) Resync(ctx context.Context, workers int) {
 	wg.Wait()
 }
 
-// maxRepair bounds one gap repair; a larger gap is logged and counted.
+// maxRepair bounds one read of a gap repair; a larger gap takes several.
 const maxRepair = 10_000
 
-// repair returns the stored messages of topic with from <= seq <= upTo:
-// what the live subscription missed. It is best effort: it logs and counts
-// what it cannot read. It runs on the room's repair goroutine, never on a
+// repair returns the stored messages of topic with from <= seq <= upTo,
+// the first maxRepair of them: what the live subscription missed (the room
+// calls again for the rest). It is best effort: it logs and counts what it
+// cannot read. It runs on the room's repair goroutine, never on a
 // dispatcher.
 func (h *Hub) repair(topic string, from, upTo uint64) []Delivery {
 	// A replica answering Direct Get may trail the leader that republished:
@@ -277,9 +278,10 @@ func (h *Hub) repair(topic string, from, upTo uint64) []Delivery {
 			break // the edge is shutting down: nobody is owed the messages
 		}
 		ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
-		got, _, err = h.reader.readRange(ctx, topic, from, upTo, maxRepair)
+		var more bool
+		got, more, err = h.reader.readRange(ctx, topic, from, upTo, maxRepair)
 		cancel()
-		if err == nil && len(got) > 0 && got[len(got)-1].Seq == upTo {
+		if err == nil && len(got) > 0 && (more || got[len(got)-1].Seq == upTo) {
 			h.observer.gapRepaired(len(got))
 			h.log.Info("repaired live gap", "topic", topic, "from", from, "to", upTo, "msgs", len(got))
 			return got

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/parley-mesh/parley/internal/tracing"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -346,8 +348,12 @@ func (c *Conn) presence(req *protocol.Request) error {
 		return fmt.Errorf("%w: your token does not allow room %s", protocol.ErrForbidden, req.Room)
 	}
 	t := c.e.presence
-	r, err := c.e.backend.PresenceQuery(c.lifeCtx(), pjs.PresenceQuery{Room: req.Room, Limit: t.cfg.MaxUsers})
+	ctx, span := c.e.startSpan(clientTrace(c.lifeCtx(), req), tracing.SpanPresenceQuery, trace.SpanKindClient,
+		tracing.AttrRoom.String(req.Room), tracing.AttrUser.String(c.ident.User))
+	defer span.End()
+	r, err := c.e.backend.PresenceQuery(ctx, pjs.PresenceQuery{Room: req.Room, Limit: t.cfg.MaxUsers})
 	if err != nil {
+		failSpan(span, err)
 		return err
 	}
 	users := make([]string, 0, min(len(r.Users), t.cfg.MaxUsers))
@@ -356,6 +362,7 @@ func (c *Conn) presence(req *protocol.Request) error {
 			users = append(users, u)
 		}
 	}
+	span.SetAttributes(tracing.AttrUsers.Int(len(users)))
 	reply := protocol.Reply{ID: req.ID, OK: true, Room: req.Room, Users: users}
 	if r.Total > len(users) {
 		reply.Reason = fmt.Sprintf("%d users present; the first %d by name are listed", r.Total, len(users))

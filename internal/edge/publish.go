@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/parley-mesh/parley/internal/metrics"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -21,6 +23,8 @@ type publisher struct {
 	metrics *metrics.Edge
 	timeout time.Duration
 	max     int // publishes awaiting acks, all connections together
+	// tracer, when set, gives each publish a span until its ack (trace.go).
+	tracer trace.Tracer
 	// active counts publishes not answered yet (under mu); idle is closed
 	// when it drops to zero while a drain waits (see wait).
 	active int
@@ -36,6 +40,7 @@ type pendingPub struct {
 	c     *Conn
 	id    int64
 	start time.Time
+	span  trace.Span // nil: not traced
 }
 
 // newPublisher starts the sweeper; the backend's acks go to acked.
@@ -48,10 +53,24 @@ func newPublisher(m *metrics.Edge, timeout time.Duration, max int) *publisher {
 // stop ends the sweeper; call after the drain.
 func (p *publisher) stop() { close(p.done) }
 
-// publish sends one message; the reply reaches c when the stream answers.
-func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byte) error {
+// publish sends req's message to subject; the reply reaches c when the
+// stream answers.
+func (p *publisher) publish(c *Conn, req *protocol.Request, subject string) error {
+	id, msgID, data := req.ID, req.MsgID, req.Data
+	var span trace.Span
+	var tc traceHeaders
+	if p.tracer != nil || req.Traceparent != "" {
+		span, tc = p.startPublish(c, req, subject)
+	}
+	// A refusal ends the span here; what is handed on ends it with its ack.
+	refuse := func(err error) error {
+		if span != nil {
+			endPublish(span, 0, false, err)
+		}
+		return err
+	}
 	if !p.backend.Connected() {
-		return fmt.Errorf("%w: not connected to NATS; retry with the same msg_id", protocol.ErrUnavailable)
+		return refuse(fmt.Errorf("%w: not connected to NATS; retry with the same msg_id", protocol.ErrUnavailable))
 	}
 	var dedupID string
 	if msgID != "" {
@@ -67,20 +86,20 @@ func (p *publisher) publish(c *Conn, id int64, subject, msgID string, data []byt
 	// refused, never stored after the drain stopped waiting.
 	if c.draining.Load() {
 		p.mu.Unlock()
-		return fmt.Errorf("%w: edge is shutting down; reconnect to another edge", protocol.ErrUnavailable)
+		return refuse(fmt.Errorf("%w: edge is shutting down; reconnect to another edge", protocol.ErrUnavailable))
 	}
 	if len(p.pending) >= p.max {
 		p.mu.Unlock()
-		return fmt.Errorf("%w: the edge has %d publishes awaiting acks; retry with the same msg_id", protocol.ErrUnavailable, p.max)
+		return refuse(fmt.Errorf("%w: the edge has %d publishes awaiting acks; retry with the same msg_id", protocol.ErrUnavailable, p.max))
 	}
 	p.next++
 	token := p.next
-	p.pending[token] = pendingPub{c: c, id: id, start: time.Now()}
+	p.pending[token] = pendingPub{c: c, id: id, start: time.Now(), span: span}
 	c.inflight.Add(1)
 	p.active++
 	p.mu.Unlock()
 	p.metrics.PublishesPending.Inc()
-	if err := p.backend.Publish(token, subject, dedupID, envelope(c.ident.User, msgID, data)); err != nil {
+	if err := p.backend.Publish(token, subject, dedupID, envelope(c.ident.User, msgID, data), tc); err != nil {
 		if pp, ok := p.take(token); ok {
 			p.finish(pp, err)
 		}
@@ -108,6 +127,10 @@ func (p *publisher) acked(token, seq uint64, dup bool, err error) {
 	if err == nil {
 		pp.c.reply(protocol.Reply{ID: pp.id, OK: true, Seq: &seq, Dup: &dup})
 	}
+	if pp.span != nil {
+		endPublish(pp.span, seq, dup, err)
+		pp.span = nil
+	}
 	p.finish(pp, err)
 }
 
@@ -115,6 +138,9 @@ func (p *publisher) acked(token, seq uint64, dup bool, err error) {
 // reply is queued before the drain can see the publish as done, so a drain
 // never closes a connection ahead of the answer it owes.
 func (p *publisher) finish(pp pendingPub, err error) {
+	if pp.span != nil { // not acked: refused by the backend, or timed out
+		endPublish(pp.span, 0, false, err)
+	}
 	if err != nil {
 		pp.c.replyErr(pp.id, err)
 		pp.c.count(protocol.OpPub, protocol.ErrorReply(0, err).Error.Code)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/parley-mesh/parley/internal/auth"
 	"github.com/parley-mesh/parley/protocol"
 )
 
@@ -61,20 +62,36 @@ func (c *Conn) stopExpiryLocked() {
 // no longer lets the connection read is left, with an "unsubscribed" push
 // before the reply; its exp replaces the old one.
 func (c *Conn) refresh(req *protocol.Request) error {
+	ident, err := c.reauthenticate(req.Token)
+	if err != nil {
+		return err
+	}
+	reply := protocol.Reply{ID: req.ID, OK: true}
+	if !ident.Expires.IsZero() {
+		reply.Expires = ident.Expires.UnixMilli()
+	}
+	c.reply(reply)
+	return nil
+}
+
+// reauthenticate replaces the connection's identity with token's (refresh
+// in either client protocol): the same user only; rooms the new grants no
+// longer allow are left, each with an "unsubscribed" push; exp re-armed.
+func (c *Conn) reauthenticate(token string) (*auth.Identity, error) {
 	if c.e.verifier == nil {
-		return fmt.Errorf("%w: this edge has no JWT key configured; there is no token to refresh", protocol.ErrBadRequest)
+		return nil, fmt.Errorf("%w: this edge has no JWT key configured; there is no token to refresh", protocol.ErrBadRequest)
 	}
-	if req.Token == "" {
-		return fmt.Errorf("%w: token is required", protocol.ErrBadRequest)
+	if token == "" {
+		return nil, fmt.Errorf("%w: token is required", protocol.ErrBadRequest)
 	}
-	ident, err := c.e.verifier.Verify(req.Token)
+	ident, err := c.e.verifier.Verify(token)
 	if err != nil {
 		c.strike()
-		return fmt.Errorf("%w: invalid token: %w", protocol.ErrUnauthorized, err)
+		return nil, fmt.Errorf("%w: invalid token: %w", protocol.ErrUnauthorized, err)
 	}
 	if ident.User != c.ident.User {
 		c.strike()
-		return fmt.Errorf("%w: the token is for user %s, this connection is %s's", protocol.ErrForbidden, ident.User, c.ident.User)
+		return nil, fmt.Errorf("%w: the token is for user %s, this connection is %s's", protocol.ErrForbidden, ident.User, c.ident.User)
 	}
 	c.ident = ident
 	for room, r := range c.rooms {
@@ -89,10 +106,5 @@ func (c *Conn) refresh(req *protocol.Request) error {
 		}
 	}
 	c.scheduleExpiry(ident.Expires)
-	reply := protocol.Reply{ID: req.ID, OK: true}
-	if !ident.Expires.IsZero() {
-		reply.Expires = ident.Expires.UnixMilli()
-	}
-	c.reply(reply)
-	return nil
+	return ident, nil
 }

@@ -23,6 +23,33 @@ func dmTopic(user string) string { return pjs.DMSubject(user) }
 // own, paced by the connection's queue, and releases the live feed when it
 // has caught up.
 func (c *Conn) subscribe(req *protocol.Request) error {
+	return c.subscribeRoom(req, encodeSubReply)
+}
+
+// subReply encodes a subscribe's reply and the messages sent with it
+// (replayed, nil for a long resume: its messages follow from the replay) as
+// the frames to queue, in order. Each client protocol of the edge (Parley's,
+// Centrifugo's) has one; everything else about a subscribe is shared, so
+// both see the same room in the same order with the same resume guarantees.
+type subReply func(reply *protocol.Reply, replayed []Delivery) ([][]byte, error)
+
+// encodeSubReply is the Parley protocol's: the reply, then the messages'
+// push frames as they are.
+func encodeSubReply(reply *protocol.Reply, replayed []Delivery) ([][]byte, error) {
+	b, err := json.Marshal(reply)
+	if err != nil {
+		return nil, err
+	}
+	frames := make([][]byte, 0, 1+len(replayed))
+	frames = append(frames, b)
+	for _, d := range replayed {
+		frames = append(frames, d.Frame)
+	}
+	return frames, nil
+}
+
+// subscribeRoom is a subscribe for either protocol; encode builds its reply.
+func (c *Conn) subscribeRoom(req *protocol.Request, encode subReply) error {
 	if err := protocol.CheckName("room", req.Room); err != nil {
 		return err
 	}
@@ -90,7 +117,11 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 		c.e.metrics.Recoveries.WithLabelValues(result).Inc()
 		c.e.metrics.RecoverySeconds.Observe(time.Since(began).Seconds())
 	}
-	b, err := json.Marshal(reply)
+	var replayed []Delivery
+	if plan != nil && !plan.long {
+		replayed = plan.msgs
+	}
+	frames, err := encode(&reply, replayed)
 	if err != nil {
 		if plan != nil && plan.long {
 			c.e.releaseReplay()
@@ -104,15 +135,13 @@ func (c *Conn) subscribe(req *protocol.Request) error {
 	if plan != nil && plan.long {
 		// The reply first: the member is syncing, so nothing of the room
 		// reaches the connection before it.
-		c.deliver(b)
+		for _, f := range frames {
+			c.deliver(f)
+		}
 		c.startReplay(r, req.Room, *req.Since, seq, plan)
 		return nil
 	}
-	frames := [][]byte{b}
 	if plan != nil {
-		for _, d := range plan.msgs {
-			frames = append(frames, d.Frame)
-		}
 		c.e.metrics.Replayed.Add(float64(len(plan.msgs)))
 	}
 	// Live messages after seq follow; but a client resuming from beyond it
@@ -418,5 +447,5 @@ func (c *Conn) publish(req *protocol.Request) error {
 	if int(c.inflight.Load()) >= c.e.cfg.MaxInflightPublishes {
 		return fmt.Errorf("%w: %d publishes already awaiting acks", protocol.ErrRateLimited, c.e.cfg.MaxInflightPublishes)
 	}
-	return c.e.pub.publish(c, req.ID, subject, req.MsgID, req.Data)
+	return c.e.pub.publish(c, req, subject)
 }

@@ -451,7 +451,7 @@ func (r *room) repairLoop(last func(topic string) (uint64, bool)) {
 		r.held = r.held[1:]
 		r.live.Unlock()
 		if prev, gap := r.gapBefore(d); gap {
-			r.fanoutRun(r.repair(r.topic, prev+1, d.LastSeq), prev)
+			r.fill(prev, d.LastSeq)
 		}
 		r.fanout(d, d.LastSeq)
 	}
@@ -533,7 +533,23 @@ func (r *room) catchUp(last func(topic string) (uint64, bool)) {
 	if !ok || newest <= prev {
 		return
 	}
-	r.fanoutRun(r.repair(r.topic, prev+1, newest), prev)
+	r.fill(prev, newest)
+}
+
+// fill reads and delivers the room's messages after prev up to upTo, a
+// bounded batch (maxRepair) at a time, so that a large gap (a burst that
+// overflowed the live subscription) is filled whole without holding all of
+// it in memory. It stops early only when the stream cannot give the next
+// batch (counted and logged by the repair).
+func (r *room) fill(prev, upTo uint64) {
+	for prev < upTo {
+		ds := r.repair(r.topic, prev+1, upTo)
+		if len(ds) == 0 {
+			return
+		}
+		r.fanoutRun(ds, prev)
+		prev = ds[len(ds)-1].Seq
+	}
 }
 
 // remember adds d to the recent run, or starts a new run when d does not

@@ -611,3 +611,39 @@ func TestSlowRepairDoesNotDelayOtherRooms(t *testing.T) {
 		t.Fatalf("room a got %v, want %v", seqs, want)
 	}
 }
+
+// A gap larger than one repair read (maxRepair) is filled whole, in
+// batches: before, one read of 10,000 was all a gap got, and the rest of
+// it was skipped without a word to the room's subscribers.
+func TestLargeGapIsFilledWhole(t *testing.T) {
+	m := newMemBackend()
+	h := NewHub(m, slog.New(slog.DiscardHandler))
+	topic := pjs.RoomSubject("burst")
+	sub := &recordingSub{}
+	r, err := h.Join(topic, sub, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.learn(0)
+	r.start(sub, 0)
+	const missed = 2*maxRepair + 500
+	m.dropLive[topic] = true // a burst that overflowed the live subscription
+	for range missed {
+		m.store(topic, "burst")
+	}
+	m.dropLive[topic] = false
+	last := m.store(topic, "shows the gap")
+	settle(t, r)
+	got := sub.snapshot()
+	if len(got) != missed+1 {
+		t.Fatalf("delivered %d, want %d", len(got), missed+1)
+	}
+	for i, f := range got {
+		if seq := frameSeq(t, []byte(f)); seq != uint64(i+1) {
+			t.Fatalf("delivery %d has seq %d, want %d", i, seq, i+1)
+		}
+	}
+	if seq := frameSeq(t, []byte(got[len(got)-1])); seq != last {
+		t.Fatalf("last delivery seq %d, want %d", seq, last)
+	}
+}

@@ -59,10 +59,14 @@ type Result struct {
 	// Undelivered counts acked messages some subscriber had not received
 	// when the run ended (2 s after publishing stopped): lost, or still
 	// queued because the edge fell behind.
-	Undelivered  uint64      `json:"undelivered"`
-	Latency      Percentiles `json:"latency"`
-	PubLatency   Percentiles `json:"publish_ack_latency"`
-	Resume       Percentiles `json:"resume_latency"`
+	Undelivered uint64      `json:"undelivered"`
+	Latency     Percentiles `json:"latency"`
+	PubLatency  Percentiles `json:"publish_ack_latency"`
+	Resume      Percentiles `json:"resume_latency"`
+	// CatchUp (reconnect with a backlog): from a resume's dial to its
+	// last backlog message; CaughtUp counts the connections that got it all.
+	CatchUp      Percentiles `json:"catch_up"`
+	CaughtUp     uint64      `json:"caught_up"`
 	Procs        []ProcStats `json:"procs"`
 	ProcsAtReady []ProcStats `json:"procs_at_ready"`
 }
@@ -219,7 +223,7 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 }
 
 func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) error {
-	hist, pubHist, resume := newHist(), newHist(), newHist()
+	hist, pubHist, resume, catchUp := newHist(), newHist(), newHist(), newHist()
 	var startC, stopC, fin Counts
 	subsByRoom := map[string][]subEnd{}
 	for _, wp := range workers {
@@ -233,7 +237,7 @@ func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) er
 		for _, pair := range []struct {
 			dst *hdrhistogram.Histogram
 			src []byte
-		}{{hist, f.Hist}, {pubHist, f.PubHist}, {resume, f.Resume}} {
+		}{{hist, f.Hist}, {pubHist, f.PubHist}, {resume, f.Resume}, {catchUp, f.CatchUp}} {
 			h, err := decodeHist(pair.src)
 			if err != nil {
 				return err
@@ -267,6 +271,8 @@ func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) er
 	res.Latency = percentiles(hist)
 	res.PubLatency = percentiles(pubHist)
 	res.Resume = percentiles(resume)
+	res.CatchUp = percentiles(catchUp)
+	res.CaughtUp = uint64(catchUp.TotalCount())
 	return nil
 }
 
@@ -299,6 +305,9 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "latency     %s\n", r.Latency)
 	if r.Counts.Resumed > 0 || s.Scenario == Reconnect {
 		fmt.Fprintf(w, "resumed     %d (not recovered %d, dropped %d), resume latency %s\n", r.Counts.Resumed, r.Counts.NotRecovered, r.Counts.Dropped, r.Resume)
+		if s.Backlog > 0 {
+			fmt.Fprintf(w, "backlog     %d per room: %d connections caught up, dial to last backlog message %s\n", s.Backlog, r.CaughtUp, r.CatchUp)
+		}
 	} else if r.Counts.Dropped > 0 {
 		fmt.Fprintf(w, "dropped     %d connections during the run\n", r.Counts.Dropped)
 	}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"io"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/loadgen"
 	"github.com/parley-mesh/parley/internal/natstest"
@@ -56,5 +58,52 @@ func TestSmokeFanout(t *testing.T) {
 	}
 	if res.Latency.Count == 0 || res.Latency.P50 <= 0 || res.Latency.P50 > res.Latency.Max {
 		t.Fatalf("latency %+v", res.Latency)
+	}
+}
+
+// The reconnect scenario with a backlog: every connection drops, 20,000
+// messages reach its room meanwhile (PARLEY_LOADGEN_BACKLOG=100000 for the
+// documented long one; docs/benchmarks.md has the command without the race
+// detector), and each resumes with since; each gets all of them once, in
+// order (a long resume through an ordered consumer), then the live ones.
+func TestReconnectWithBacklog(t *testing.T) {
+	srv := natstest.StartJetStream(t)
+	// The stream keeps 100,000 messages per room by default: more than the
+	// backlog and what came before it, so the resumes can be whole.
+	e := edgetest.Start(t, srv.URL(), func(c *edge.Config) { c.Stream.MaxMsgsPerSubject = 200_000 })
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	backlog := 20_000
+	if v := os.Getenv("PARLEY_LOADGEN_BACKLOG"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("PARLEY_LOADGEN_BACKLOG=%q: want a positive count", v)
+		}
+		backlog = n
+	}
+	res, err := loadgen.Run(ctx, loadgen.Spec{
+		Scenario: loadgen.Reconnect, URLs: []string{"ws://" + e.Addr() + "/ws"}, NATS: srv.URL(),
+		Conns: 2, Workers: 1, Rate: 100, Rooms: 1, MsgRate: 5, Payload: 16, Backlog: backlog,
+		// The run lasts Duration; the drop comes at a third of it, and the
+		// replays must be done before its end (a race build replays some
+		// thousand messages a second per connection on a busy machine).
+		Duration: 20*time.Second + time.Duration(backlog/2000)*time.Second, Sources: 1, Progress: 5 * time.Second,
+	}, exe, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Print(os.Stderr)
+	if res.Counts.Resumed != 2 || res.Counts.NotRecovered != 0 || res.CaughtUp != 2 {
+		t.Fatalf("resumed %d (not recovered %d), caught up %d, errors %v", res.Counts.Resumed, res.Counts.NotRecovered, res.CaughtUp, res.ConnectErrors)
+	}
+	if res.Undelivered != 0 || res.Counts.Dups != 0 || res.Counts.Disorder != 0 || res.Counts.Dropped != 0 {
+		t.Fatalf("undelivered %d, duplicates %d, out of order %d, dropped %d", res.Undelivered, res.Counts.Dups, res.Counts.Disorder, res.Counts.Dropped)
+	}
+	if res.Counts.Delivered < uint64(2*backlog) {
+		t.Fatalf("delivered %d, want at least %d", res.Counts.Delivered, 2*backlog)
 	}
 }

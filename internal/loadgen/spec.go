@@ -44,6 +44,10 @@ type Spec struct {
 	Token    string        `json:"token"`    // JWT for every connection; empty: ?user= (insecure edges)
 	Procs    []string      `json:"procs"`    // process names sampled from /proc (comm)
 	Progress time.Duration `json:"progress"` // progress line period
+	// Backlog (reconnect): messages each worker stores in each of its rooms
+	// while its connections are away, before they resume: a long resume of
+	// that many messages per connection.
+	Backlog int `json:"backlog"`
 }
 
 func (s *Spec) check() error {
@@ -57,6 +61,9 @@ func (s *Spec) check() error {
 	}
 	if s.Conns <= 0 || s.Workers <= 0 || s.Rooms <= 0 || s.Rate <= 0 || s.Duration <= 0 {
 		return fmt.Errorf("conns, workers, rooms, rate and duration must be positive")
+	}
+	if s.Backlog < 0 || (s.Backlog > 0 && s.Scenario != Reconnect) {
+		return fmt.Errorf("backlog is for the reconnect scenario, and not negative")
 	}
 	if (s.Scenario == Fanout || s.Scenario == Reconnect || s.Scenario == NATSPublish) && s.NATS == "" {
 		return fmt.Errorf("%s needs --nats for the backend publisher", s.Scenario)
@@ -85,6 +92,7 @@ type report struct {
 	Rooms   []roomReport   `json:"rooms,omitempty"`    // final
 	Errors  map[string]int `json:"errors,omitempty"`   // connect errors by cause
 	Resume  []byte         `json:"resume,omitempty"`   // reconnect: resume latency histogram
+	CatchUp []byte         `json:"catch_up,omitempty"` // reconnect with backlog: time to have the whole backlog
 	Message string         `json:"message,omitempty"`
 }
 

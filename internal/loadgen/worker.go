@@ -17,6 +17,8 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parley-mesh/parley/client"
 	"github.com/parley-mesh/parley/protocol"
@@ -38,6 +40,7 @@ type worker struct {
 	hist    *hdrhistogram.Histogram
 	pubHist *hdrhistogram.Histogram
 	resume  *hdrhistogram.Histogram
+	catchUp *hdrhistogram.Histogram // backlog: resume began → whole backlog received
 
 	errMu  sync.Mutex
 	errors map[string]int
@@ -56,6 +59,10 @@ type conn struct {
 	last  atomic.Uint64
 	recv  atomic.Uint64
 	ended chan struct{} // closed when the current connection's reader is done
+	// Backlog: the seq that completes it for this connection (0: none
+	// owed), and when its resume began (Unix ns).
+	target    atomic.Uint64
+	resumedAt atomic.Int64
 }
 
 // RunWorker is the body of a worker process: spec on the first line of in,
@@ -66,7 +73,7 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read spec: %w", err)
 	}
-	w := &worker{out: json.NewEncoder(out), hist: newHist(), pubHist: newHist(), resume: newHist(),
+	w := &worker{out: json.NewEncoder(out), hist: newHist(), pubHist: newHist(), resume: newHist(), catchUp: newHist(),
 		errors: map[string]int{}, ackedSeqs: map[string][]uint64{}}
 	if err := json.Unmarshal(line, &w.spec); err != nil {
 		return fmt.Errorf("decode spec: %w", err)
@@ -279,6 +286,11 @@ func (w *worker) read(cn *conn, c *client.Client, ended chan struct{}) {
 		cn.last.Store(m.Seq)
 		cn.recv.Add(1)
 		w.delivered.Add(1)
+		if t := cn.target.Load(); t > 0 && m.Seq >= t && cn.target.CompareAndSwap(t, 0) {
+			w.histMu.Lock()
+			_ = w.catchUp.RecordValue((now - cn.resumedAt.Load()) / 1000)
+			w.histMu.Unlock()
+		}
 	}
 	w.dups.Add(c.Duplicates())
 	if err := c.Err(); !errors.Is(err, client.ErrClosed) { // not closed by us
@@ -415,10 +427,23 @@ func (w *worker) massReconnect(ctx context.Context) {
 			go c.Close() // all at once
 		}
 	}
+	if w.spec.Backlog > 0 {
+		for _, cn := range w.conns {
+			if cn.c.Load() != nil {
+				<-cn.ended
+			}
+		}
+		if err := w.publishBacklog(ctx); err != nil {
+			// Counted; the connections still resume (the result's
+			// errors and caught-up count show what happened).
+			w.countErr("backlog_" + classify(err))
+		}
+	}
 	w.paced(ctx, func(cn *conn) bool { return cn.c.Load() != nil }, func(cn *conn) {
 		<-cn.ended // resume from what the old connection really delivered
 		since := cn.last.Load()
 		began := time.Now()
+		cn.resumedAt.Store(began.UnixNano())
 		w.connected.Add(-1)
 		if w.open(ctx, cn, &since) {
 			w.resumed.Add(1)
@@ -427,6 +452,73 @@ func (w *worker) massReconnect(ctx context.Context) {
 			w.histMu.Unlock()
 		}
 	})
+}
+
+// publishBacklog stores Backlog messages in each room of this worker's
+// connections through JetStream (as a backend service would), while the
+// connections are away, and tells each connection which seq completes it.
+// The messages carry no send time: their latency is the resume's, measured
+// as catch-up, not the live latency.
+func (w *worker) publishBacklog(ctx context.Context) error {
+	nc, err := nats.Connect(w.spec.NATS, nats.Name("loadgen backlog"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		return err
+	}
+	rooms := map[string][]*conn{}
+	for _, cn := range w.conns {
+		if cn.c.Load() != nil {
+			rooms[cn.room] = append(rooms[cn.room], cn)
+		}
+	}
+	body := fmt.Appendf(nil, `{"from":"loadgen","data":{"b":1,"p":"%s"}}`, strings.Repeat("x", w.spec.Payload))
+	for room, cns := range rooms {
+		futures := make([]jetstream.PubAckFuture, 0, w.spec.Backlog)
+		for len(futures) < w.spec.Backlog {
+			f, err := js.PublishAsync("chat.room."+room, body)
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				// More in flight than the window and the server is slow
+				// to ack (a busy machine): wait for the window, go on.
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			futures = append(futures, f)
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		var last uint64
+		seqs := make([]uint64, 0, len(futures))
+		for _, f := range futures {
+			select {
+			case a := <-f.Ok():
+				seqs = append(seqs, a.Sequence)
+				last = max(last, a.Sequence)
+			case err := <-f.Err():
+				return err
+			}
+		}
+		w.ackMu.Lock()
+		w.ackedSeqs[room] = append(w.ackedSeqs[room], seqs...)
+		w.ackMu.Unlock()
+		for _, cn := range cns {
+			cn.target.Store(last)
+		}
+	}
+	return nil
 }
 
 func (w *worker) finish() error {
@@ -458,7 +550,9 @@ func (w *worker) finish() error {
 	var err error
 	if fin.Hist, err = encodeHist(w.hist); err == nil {
 		if fin.PubHist, err = encodeHist(w.pubHist); err == nil {
-			fin.Resume, err = encodeHist(w.resume)
+			if fin.Resume, err = encodeHist(w.resume); err == nil {
+				fin.CatchUp, err = encodeHist(w.catchUp)
+			}
 		}
 	}
 	w.histMu.Unlock()

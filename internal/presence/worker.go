@@ -25,9 +25,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/metrics"
+	"github.com/parley-mesh/parley/internal/tracing"
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -58,6 +62,9 @@ type Config struct {
 	// MaxPending bounds the edge messages buffered before the worker drops
 	// (and later repairs, by snapshot, what it dropped).
 	MaxPending int
+	// TracerProvider, when set, continues the trace of a query that
+	// carries one (an edge's, docs/tracing.md); nil: no spans.
+	TracerProvider trace.TracerProvider
 
 	Logger *slog.Logger
 }
@@ -120,7 +127,8 @@ type Worker struct {
 	stream   jetstream.Stream
 	registry *prometheus.Registry
 	metrics  *metrics.Presence
-	kvPrefix string // $KV.<bucket>.
+	kvPrefix string       // $KV.<bucket>.
+	tracer   trace.Tracer // nil: tracing is off
 
 	msgs    chan *pjs.PresenceEdgeMsg
 	queries chan *nats.Msg
@@ -167,6 +175,7 @@ func New(cfg Config, nc *nats.Conn) (*Worker, error) {
 		role:     make(chan bool, 1),
 		tombs:    make(map[string]uint64),
 	}
+	w.tracer = tracing.Tracer(cfg.TracerProvider, "github.com/parley-mesh/parley/internal/presence")
 	w.metrics = metrics.NewPresence(w.registry)
 	metrics.RegisterConnected(w.registry, prometheus.GaugeOpts{
 		Name: "parley_presence_nats_connected", Help: "1 when the worker is connected to NATS.",
@@ -245,7 +254,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case w.queries <- m:
 		default:
 			w.metrics.Queries.WithLabelValues("busy").Inc()
-			w.respond(m, pjs.PresenceQueryReply{Error: &protocol.Error{Code: protocol.CodeUnavailable, Message: "presence worker busy"}})
+			w.respond(context.Background(), m, pjs.PresenceQueryReply{Error: &protocol.Error{Code: protocol.CodeUnavailable, Message: "presence worker busy"}})
 		}
 	})
 	if err != nil {
@@ -744,10 +753,13 @@ func (w *Worker) load(ctx context.Context, writer bool) error {
 
 // answer serves one presence query from the view.
 func (w *Worker) answer(m *nats.Msg) {
+	ctx, span := w.startQuery(m)
+	defer span.End()
 	var q pjs.PresenceQuery
 	if err := json.Unmarshal(m.Data, &q); err != nil || !protocol.ValidName(q.Room) {
 		w.metrics.Queries.WithLabelValues("bad_request").Inc()
-		w.respond(m, pjs.PresenceQueryReply{Error: &protocol.Error{Code: protocol.CodeBadRequest, Message: "query needs a valid room"}})
+		span.SetStatus(codes.Error, string(protocol.CodeBadRequest))
+		w.respond(ctx, m, pjs.PresenceQueryReply{Error: &protocol.Error{Code: protocol.CodeBadRequest, Message: "query needs a valid room"}})
 		return
 	}
 	limit := q.Limit
@@ -756,16 +768,34 @@ func (w *Worker) answer(m *nats.Msg) {
 	}
 	users, total := w.view.users(q.Room, limit)
 	w.metrics.Queries.WithLabelValues("ok").Inc()
-	w.respond(m, pjs.PresenceQueryReply{Room: q.Room, Users: users, Total: total})
+	span.SetAttributes(tracing.AttrRoom.String(q.Room), tracing.AttrUsers.Int(len(users)))
+	w.respond(ctx, m, pjs.PresenceQueryReply{Room: q.Room, Users: users, Total: total})
 }
 
-func (w *Worker) respond(m *nats.Msg, r pjs.PresenceQueryReply) {
+// startQuery begins the server span of a query that carries a trace (the
+// edge's client span is its parent). The worker continues traces only: a
+// query without one, or any query while tracing is off, gets the no-op span
+// of a bare context.
+func (w *Worker) startQuery(m *nats.Msg) (context.Context, trace.Span) {
+	ctx := context.Background()
+	if w.tracer == nil {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	if ctx = tracing.FromHeader(ctx, m.Header); !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	return w.tracer.Start(ctx, tracing.SpanPresenceQuery, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(tracing.SystemNATS, semconv.MessagingDestinationName(m.Subject)))
+}
+
+// respond answers a query; ctx carries its span, for the log line.
+func (w *Worker) respond(ctx context.Context, m *nats.Msg, r pjs.PresenceQueryReply) {
 	if m.Reply == "" {
 		return
 	}
 	b, _ := json.Marshal(r)
 	if err := m.Respond(b); err != nil {
-		w.log.Debug("respond to query", "err", err)
+		w.log.DebugContext(ctx, "respond to query", "err", err)
 	}
 }
 

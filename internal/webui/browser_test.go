@@ -4,6 +4,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/parley-mesh/parley/internal/edgetest"
 )
 
 // The chat page in a real headless Chromium (sdk/js/test/browser.test.js,
@@ -15,7 +17,7 @@ import (
 // the log.
 func TestChatPageInChromium(t *testing.T) {
 	sdkDir(t)
-	nodeBin(t)
+	edgetest.NodeBin(t)
 	chromium := os.Getenv("PARLEY_CHROMIUM")
 	if chromium == "" {
 		for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
@@ -26,7 +28,7 @@ func TestChatPageInChromium(t *testing.T) {
 		}
 	}
 	if chromium == "" {
-		need(t, "Chromium", "apt-get install chromium (.ci/run does), or set PARLEY_CHROMIUM to a Chrome binary")
+		edgetest.Need(t, "Chromium", "apt-get install chromium (.ci/run does), or set PARLEY_CHROMIUM to a Chrome binary")
 	}
 	shots, err := os.MkdirTemp("", "parley-chat-e2e-")
 	if err != nil {

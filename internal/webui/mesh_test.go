@@ -11,12 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,7 +24,6 @@ import (
 	"github.com/parley-mesh/parley/internal/edge"
 	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/natstest"
-	"github.com/parley-mesh/parley/internal/presence"
 	"github.com/parley-mesh/parley/internal/webui"
 )
 
@@ -46,11 +40,8 @@ type mesh struct {
 	t    testing.TB
 	nats *natstest.Server
 	js   jetstream.JetStream
-	addr string // the restartable edge's address, the same across restarts
+	edge *edgetest.Restartable // the insecure edge with the chat page
 	logs *edgetest.LogBuffer
-
-	mu   sync.Mutex
-	edge *edge.Edge // nil while stopped
 
 	jwt     *edge.Edge
 	proxy   *ackProxy
@@ -60,13 +51,17 @@ type mesh struct {
 func startMesh(t testing.TB) *mesh {
 	t.Helper()
 	srv := natstest.StartJetStream(t)
-	m := &mesh{t: t, nats: srv, addr: freeAddr(t), logs: &edgetest.LogBuffer{}}
-	if err := m.startEdge(); err != nil {
+	m := &mesh{t: t, nats: srv, logs: &edgetest.LogBuffer{}}
+	ui, err := webui.Handler(webui.Options{Insecure: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = m.stopEdge() })
+	m.edge = edgetest.StartRestartable(t, srv.URL(), func(c *edge.Config) {
+		c.UI = ui
+		c.Logger = m.logger("edge")
+	})
 	m.js = natstest.JetStream(t, srv.URL())
-	startPresence(t, srv.URL())
+	edgetest.StartPresence(t, srv.URL())
 	startArchiver(t, srv.URL())
 	secureUI, err := webui.Handler(webui.Options{})
 	if err != nil {
@@ -78,7 +73,7 @@ func startMesh(t testing.TB) *mesh {
 		c.UI = secureUI
 		c.Logger = m.logger("jwt-edge")
 	})
-	m.proxy = startAckProxy(t, m.addr)
+	m.proxy = startAckProxy(t, m.edge.Addr())
 	m.control = m.serveControl(t)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -92,70 +87,15 @@ func (m *mesh) logger(name string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(m.logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("edge", name)
 }
 
-// startEdge starts the insecure edge (with the chat page) on m.addr.
-func (m *mesh) startEdge() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.edge != nil {
-		return nil
-	}
-	ui, err := webui.Handler(webui.Options{Insecure: true})
-	if err != nil {
-		return err
-	}
-	cfg := edge.DefaultConfig()
-	cfg.Listen = m.addr
-	cfg.Insecure = true
-	cfg.UI = ui
-	cfg.Logger = m.logger("edge")
-	nc, err := nats.Connect(m.nats.URL(), nats.MaxReconnects(-1))
-	if err != nil {
-		return fmt.Errorf("connect the edge to NATS: %w", err)
-	}
-	e, err := edge.New(cfg, nc)
-	if err != nil {
-		nc.Close()
-		return err
-	}
-	if err := e.Start(context.Background()); err != nil {
-		nc.Close()
-		return fmt.Errorf("start the edge on %s: %w", m.addr, err)
-	}
-	m.edge = e
-	return nil
-}
-
-// stopEdge drains the edge as SIGTERM would: clients are told 4003 and
-// the address refuses connections until startEdge.
-func (m *mesh) stopEdge() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.edge == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := m.edge.Shutdown(ctx)
-	m.edge = nil
-	return err
-}
-
 // serveControl serves the API the Node tests call (test/harness.js).
 func (m *mesh) serveControl(t testing.TB) string {
 	t.Helper()
 	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, v any, err error) {
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(v)
-	}
+	reply := edgetest.ReplyJSON
 	mux.HandleFunc("GET /info", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, map[string]string{
-			"base":    "http://" + m.addr,
-			"ws":      "ws://" + m.addr + "/ws",
+			"base":    "http://" + m.edge.Addr(),
+			"ws":      "ws://" + m.edge.Addr() + "/ws",
 			"proxy":   "ws://" + m.proxy.ln.Addr().String() + "/ws",
 			"jwt":     edgetest.URL(m.jwt),
 			"jwtBase": "http://" + m.jwt.Addr(),
@@ -163,10 +103,10 @@ func (m *mesh) serveControl(t testing.TB) string {
 		}, nil)
 	})
 	mux.HandleFunc("POST /edge/stop", func(w http.ResponseWriter, _ *http.Request) {
-		reply(w, map[string]bool{"ok": true}, m.stopEdge())
+		reply(w, map[string]bool{"ok": true}, m.edge.Stop())
 	})
 	mux.HandleFunc("POST /edge/start", func(w http.ResponseWriter, _ *http.Request) {
-		reply(w, map[string]bool{"ok": true}, m.startEdge())
+		reply(w, map[string]bool{"ok": true}, m.edge.Start())
 	})
 	mux.HandleFunc("POST /proxy/drop-ack", func(w http.ResponseWriter, _ *http.Request) {
 		m.proxy.drop.Store(true)
@@ -199,25 +139,7 @@ func (m *mesh) serveControl(t testing.TB) string {
 		}
 		reply(w, map[string]any{"seqs": seqs}, nil)
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
-	t.Cleanup(func() { _ = hs.Close() })
-	return "http://" + ln.Addr().String()
-}
-
-func startPresence(t testing.TB, url string) {
-	t.Helper()
-	cfg := presence.DefaultConfig()
-	cfg.Listen = ""
-	w, err := presence.New(cfg, natstest.Connect(t, url, nats.MaxReconnects(-1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	runUntilCleanup(t, "presence", w.Run)
+	return edgetest.ServeControl(t, mux)
 }
 
 func startArchiver(t testing.TB, url string) {
@@ -231,21 +153,7 @@ func startArchiver(t testing.TB, url string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() }) // cleanups run last first: after the archiver stopped
-	runUntilCleanup(t, "archiver", a.Run)
-}
-
-// runUntilCleanup runs a worker until the test ends, and fails the test if
-// it stops by itself with an error.
-func runUntilCleanup(t testing.TB, name string, run func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && ctx.Err() == nil {
-			t.Errorf("%s stopped: %v", name, err)
-		}
-	})
+	edgetest.RunUntilCleanup(t, "archiver", a.Run)
 }
 
 // ackProxy forwards TCP to the edge. Armed (drop), it swallows the next
@@ -375,86 +283,16 @@ func readFrame(r *bufio.Reader) (frame, payload []byte, err error) {
 	return append(hdr, payload...), payload, nil
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// The tools the Node tests need. Outside CI a missing one skips the test,
-// saying how to get it; in CI (CI=true) it fails, since .ci/run installs
-// them and a skip there would hide that the tests never ran.
-
-func need(t testing.TB, what, howTo string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is missing, and CI must run this test: %s", what, howTo)
-	}
-	t.Skipf("%s is missing: %s, then run go test ./internal/webui", what, howTo)
-}
-
 // sdkDir is sdk/js, with its dev dependencies installed.
 func sdkDir(t testing.TB) string {
 	t.Helper()
-	dir, err := filepath.Abs(filepath.Join("..", "..", "sdk", "js"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "typescript", "package.json")); err != nil {
-		need(t, "sdk/js/node_modules", "run npm ci in sdk/js (.ci/run does)")
-	}
-	return dir
+	return edgetest.NodeDir(t, filepath.Join("..", "..", "sdk", "js"), "typescript")
 }
-
-// nodeBin is Node.js, 20 or newer.
-func nodeBin(t testing.TB) string {
-	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		need(t, "node", "install Node.js 20 or newer")
-		return ""
-	}
-	out, err := exec.Command(node, "--version").Output()
-	if err != nil {
-		t.Fatalf("node --version: %v", err)
-	}
-	major, _ := strconv.Atoi(strings.TrimPrefix(strings.SplitN(strings.TrimSpace(string(out)), ".", 2)[0], "v"))
-	if major < 20 {
-		need(t, "node 20 or newer (found "+strings.TrimSpace(string(out))+")", "install Node.js 20 or newer")
-	}
-	return node
-}
-
-var nodeSummary = regexp.MustCompile(`(?m)^ℹ (tests|pass|fail|skipped|todo|cancelled) (\d+)$`)
 
 // runNodeTests runs test files of sdk/js with Node's test runner against
-// the mesh, and fails unless every test ran and passed: a run that counted
-// no test, or skipped one, is a failure too.
+// the mesh (its control API in PARLEY_TEST_CONTROL); every test must run
+// and pass.
 func runNodeTests(t *testing.T, m *mesh, env []string, files ...string) {
 	t.Helper()
-	dir := sdkDir(t)
-	node := nodeBin(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	args := append([]string{"--test", "--test-reporter=spec", "--test-concurrency=1"}, files...)
-	cmd := exec.CommandContext(ctx, node, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), append(env, "PARLEY_TEST_CONTROL="+m.control)...)
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	t.Logf("node %s (%v):\n%s", strings.Join(args, " "), time.Since(start).Round(time.Millisecond), out)
-	if err != nil {
-		t.Fatalf("node tests failed: %v", err)
-	}
-	counts := map[string]int{}
-	for _, s := range nodeSummary.FindAllStringSubmatch(string(out), -1) {
-		counts[s[1]], _ = strconv.Atoi(s[2])
-	}
-	if counts["tests"] == 0 || counts["pass"] != counts["tests"] || counts["fail"]+counts["skipped"]+counts["todo"]+counts["cancelled"] > 0 {
-		t.Fatalf("node tests: %v; every test must run and pass", counts)
-	}
+	edgetest.RunNodeTests(t, sdkDir(t), 2*time.Minute, append(env, "PARLEY_TEST_CONTROL="+m.control), files...)
 }

@@ -1,6 +1,10 @@
 package webui_test
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/parley-mesh/parley/internal/edgetest"
+)
 
 // The SDK's tests with Node's test runner: sdk/js/test/sdk.test.js against
 // a real mesh (resume across an edge restart, dedup of a retried publish,
@@ -9,7 +13,7 @@ import "testing"
 // seam, a stream reset, a cut-off last, close codes).
 func TestSDK(t *testing.T) {
 	sdkDir(t)
-	nodeBin(t)
+	edgetest.NodeBin(t)
 	m := startMesh(t)
 	runNodeTests(t, m, nil, "test/protocol.test.js", "test/sdk.test.js")
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/parley-mesh/parley/internal/edgetest"
 	"github.com/parley-mesh/parley/internal/webui"
 	sdkjs "github.com/parley-mesh/parley/sdk/js"
 )
@@ -82,7 +83,7 @@ func TestHandlerServesThePage(t *testing.T) {
 // compiler: a change to src/ without `go generate ./sdk/js` fails here.
 func TestBundleUpToDate(t *testing.T) {
 	dir := sdkDir(t)
-	nodeBin(t)
+	edgetest.NodeBin(t)
 	out := t.TempDir()
 	cmd := exec.CommandContext(t.Context(), filepath.Join(dir, "node_modules", ".bin", "tsc"), "-p", "tsconfig.json", "--outDir", out)
 	cmd.Dir = dir

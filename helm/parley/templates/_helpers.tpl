@@ -226,6 +226,46 @@ Settings every component shares: HTTP listener, NATS URL and auth, logging.
 {{- end }}
 {{- end -}}
 
+{{/*
+OpenTelemetry tracing (docs/tracing.md): the standard OTEL_* variables every
+binary reads. Only with otel.endpoint (without it the binaries trace
+nothing), except otel.extraEnv, which is always rendered. K8S_POD_NAME and
+K8S_NODE_IP come first so that later values can refer to them with $(…).
+*/}}
+{{- define "parley.otelEnv" -}}
+{{- $o := .Values.otel -}}
+{{- if $o.endpoint }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NODE_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- $attrs := list (printf "k8s.namespace.name=%s" .Release.Namespace) "k8s.pod.name=$(K8S_POD_NAME)" -}}
+{{- range $k, $v := $o.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $k $v) -}}
+{{- end }}
+{{- include "parley.envList" (dict
+  "OTEL_EXPORTER_OTLP_ENDPOINT" $o.endpoint
+  "OTEL_TRACES_SAMPLER" $o.sampler
+  "OTEL_TRACES_SAMPLER_ARG" $o.samplerArg
+  "OTEL_RESOURCE_ATTRIBUTES" (join "," $attrs)
+) }}
+{{- if $o.headers.existingSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $o.headers.existingSecret }}
+      key: {{ $o.headers.key }}
+{{- end }}
+{{- end }}
+{{- with $o.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Stream settings (every component that provisions the chat stream). */}}
 {{- define "parley.streamEnv" -}}
 {{- $s := .Values.stream -}}

@@ -122,12 +122,12 @@ test("two pages chat, survive an edge restart without loss or repeat, and see ea
   // publishes, and alice types (her message waits in the SDK's queue).
   await control("/edge/stop");
   for (const page of [alice, bob]) {
-    await page.waitForFunction(() => document.querySelector("#status").dataset.state !== "connected", { timeout: 10_000 });
+    await page.waitForFunction(() => document.querySelector("#status").dataset.state !== "connected", { timeout: 20_000 });
   }
   const meanwhile = ["while-down-0", "while-down-1", "while-down-2"];
   await control("/publish", { room, texts: meanwhile });
   await send(alice, "typed while offline");
-  await alice.waitForSelector("#queued:not([hidden])", { timeout: 5_000 });
+  await alice.waitForSelector("#queued:not([hidden])", { timeout: 20_000 });
   await alice.screenshot({ path: join(SHOTS, "alice-offline.png") });
   await control("/edge/start");
 
@@ -154,7 +154,7 @@ test("two pages chat, survive an edge restart without loss or repeat, and see ea
   const top = await shown(alice);
   assert.equal(top[0].text, "older-0", "history goes above, in seq order");
   await alice.click("#older");
-  await alice.waitForFunction(() => document.querySelector("#messages li.note"), { timeout: 10_000 });
+  await alice.waitForFunction(() => document.querySelector("#messages li.note"), { timeout: 20_000 });
 
   const shot = join(SHOTS, "chat.png");
   await bob.screenshot({ path: shot });
@@ -173,7 +173,7 @@ test("on an edge that takes only JWTs, the page asks for a token and works with 
   await carol.click('#join button[type="submit"]');
   await carol.waitForSelector('#status[data-state="connected"]', { timeout: 20_000 });
   await send(carol, "hello with a token");
-  await carol.waitForSelector('#messages li.mine[data-from="carol"]', { timeout: 10_000 });
+  await carol.waitForSelector('#messages li.mine[data-from="carol"]', { timeout: 20_000 });
   await waitForPresence(carol, ["carol"]);
   await carol.screenshot({ path: join(SHOTS, "secure.png") });
   assert.deepEqual(problems, [], "no page errors or console errors");
