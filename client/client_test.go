@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -15,56 +13,6 @@ import (
 	"github.com/parley-mesh/parley/internal/natstest"
 )
 
-// proxy forwards loopback TCP to an edge; kill drops every connection at
-// once and stops listening, as a crashed edge (or its host) would.
-type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln}
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, in, out)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(out, in); out.Close() }()
-			go func() { _, _ = io.Copy(in, out); in.Close() }()
-		}
-	}()
-	t.Cleanup(p.kill)
-	return p
-}
-
-func (p *proxy) kill() {
-	p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0) // RST, no goodbye
-		}
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // The client's edge dies mid-stream while a backend keeps publishing: the
 // client reconnects to another edge on its own, resumes every room from the
 // last seq it delivered, and the application sees each message exactly
@@ -72,11 +20,11 @@ func (p *proxy) kill() {
 func TestReconnectResumesOnAnotherEdge(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	a, b := edgetest.Start(t, srv.URL(), nil), edgetest.Start(t, srv.URL(), nil)
-	pa := startProxy(t, a.Addr())
+	pa := edgetest.StartProxy(t, a.Addr(), nil)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, "ws://"+pa.ln.Addr().String()+"/ws",
+	c, err := client.Dial(ctx, "ws://"+pa.Addr()+"/ws",
 		client.WithUser("alice"),
 		client.WithReconnect(client.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}),
 		client.WithFallbackURLs("ws://"+b.Addr()+"/ws"))
@@ -116,7 +64,7 @@ func TestReconnectResumesOnAnotherEdge(t *testing.T) {
 	got := map[string][]uint64{}
 	for i := range n {
 		if i == n/4 {
-			pa.kill() // edge A is gone for this client
+			pa.Kill() // edge A is gone for this client
 		}
 		select {
 		case m, ok := <-c.Messages():
@@ -164,14 +112,14 @@ func TestReconnectResumesOnAnotherEdge(t *testing.T) {
 func TestClientEndsWithoutReconnect(t *testing.T) {
 	srv := natstest.StartJetStream(t)
 	e := edgetest.Start(t, srv.URL(), nil)
-	p := startProxy(t, e.Addr())
+	p := edgetest.StartProxy(t, e.Addr(), nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, "ws://"+p.ln.Addr().String()+"/ws", client.WithUser("bob"))
+	c, err := client.Dial(ctx, "ws://"+p.Addr()+"/ws", client.WithUser("bob"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.kill()
+	p.Kill()
 	select {
 	case <-c.Done():
 	case <-ctx.Done():

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -96,7 +95,7 @@ func (m *mesh) serveControl(t testing.TB) string {
 		reply(w, map[string]string{
 			"base":    "http://" + m.edge.Addr(),
 			"ws":      "ws://" + m.edge.Addr() + "/ws",
-			"proxy":   "ws://" + m.proxy.ln.Addr().String() + "/ws",
+			"proxy":   "ws://" + m.proxy.Addr() + "/ws",
 			"jwt":     edgetest.URL(m.jwt),
 			"jwtBase": "http://" + m.jwt.Addr(),
 			"secret":  jwtSecret,
@@ -162,49 +161,14 @@ func startArchiver(t testing.TB, url string) {
 // when an edge dies between storing and answering. The client must then
 // resend with the same msg_id, and get dup:true.
 type ackProxy struct {
-	ln     net.Listener
-	target string
-	drop   atomic.Bool
+	*edgetest.Proxy
+	drop atomic.Bool
 }
 
 func startAckProxy(t testing.TB, target string) *ackProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &ackProxy{ln: ln, target: target}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, in, out)
-			mu.Unlock()
-			wg.Add(2)
-			go func() { defer wg.Done(); _, _ = io.Copy(out, in); out.Close() }()
-			go func() { defer wg.Done(); p.down(in, out) }()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	p := &ackProxy{}
+	p.Proxy = edgetest.StartProxy(t, target, p.down)
 	return p
 }
 
