@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parley-mesh/parley/internal/chaostest"
+	"github.com/parley-mesh/parley/internal/config"
 )
 
 // chaos runs fault trials against a mesh it starts itself (3 nats-server
@@ -50,14 +51,26 @@ func chaos(ctx context.Context, args []string) error {
 	fs.IntVar(&bench.Window, "bench-window", 16, "bench: publishes in flight per connection")
 	fs.IntVar(&bench.Payload, "bench-payload", 64, "bench: padding bytes per message")
 	verbose := fs.Bool("v", false, "log the harness's steps")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := config.First(
+		config.Positive("trials", cfg.Trials),
+		config.InRange("edges", edges, 1, 16),
+		config.Positive("publish-for", cfg.PublishFor),
+		config.NotNegative("max-duration", stopAfter, "run all --trials"),
+		config.NotNegative("bench", bench.Duration, "no bench: trials"),
+		config.Positive("bench-conns", bench.Conns),
+		config.Positive("bench-window", bench.Window),
+		config.NotNegative("bench-payload", bench.Payload, "none"),
+	); err != nil {
 		return err
 	}
 	if faults != "" {
 		for _, name := range strings.Split(faults, ",") {
 			k, err := chaostest.ParseFault(strings.TrimSpace(name))
 			if err != nil {
-				return err
+				return config.Usagef("--faults: %w", err)
 			}
 			cfg.Faults = append(cfg.Faults, k)
 		}

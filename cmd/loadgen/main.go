@@ -23,12 +23,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/loadgen"
 )
 
@@ -45,21 +47,62 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "chaos" {
 		if err := chaos(ctx, os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen chaos:", err)
-			os.Exit(1)
+			os.Exit(exitCode(err))
 		}
 		return
 	}
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		if err := floor(ctx, os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen floor:", err)
-			os.Exit(1)
+			os.Exit(exitCode(err))
 		}
 		return
 	}
 	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is 2 for a command line that cannot work (a bad flag value, as
+// the other binaries do), 0 for -h, else 1.
+func exitCode(err error) int {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, config.ErrUsage), errors.Is(err, errFlagSyntax):
+		return 2
+	}
+	return 1
+}
+
+// errFlagSyntax marks an error of the flag package (an unknown flag, a
+// value that does not parse); it has printed the usage already.
+var errFlagSyntax = errors.New("bad flags")
+
+// parseFlags parses args into fs, marking syntax errors for exitCode.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errFlagSyntax, err)
+	}
+	if fs.NArg() > 0 {
+		return config.Usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// wsURLs checks a comma-separated list of edge WebSocket URLs.
+func wsURLs(name, urls string) error {
+	for _, u := range strings.Split(urls, ",") {
+		p, err := url.Parse(strings.TrimSpace(u))
+		if err != nil || (p.Scheme != "ws" && p.Scheme != "wss") || p.Host == "" {
+			return config.Usagef("--%s %q: want ws://host:port/ws (or wss://), comma-separated", name, u)
+		}
+	}
+	return nil
 }
 
 func run(ctx context.Context, args []string) error {
@@ -96,8 +139,29 @@ Flags:
 	fs.StringVar(&procs, "procs", "edge,nats-server", "process names (/proc comm) whose RSS and CPU are sampled")
 	fs.DurationVar(&s.Progress, "progress", 5*time.Second, "progress line period")
 	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if err := config.First(
+		wsURLs("url", urls),
+		config.NATSURLs("nats", s.NATS),
+		config.Positive("conns", s.Conns),
+		config.Positive("workers", s.Workers),
+		config.Positive("rate", s.Rate),
+		config.Positive("rooms", s.Rooms),
+		config.NotNegative("msg-rate", s.MsgRate, "none"),
+		config.NotNegative("payload", s.Payload, "none"),
+		config.Positive("duration", s.Duration),
+		config.InRange("sources", s.Sources, 1, 250),
+		config.Positive("window", s.Window),
+		config.NotNegative("backlog", s.Backlog, "none"),
+		config.NotNegative("ramp-timeout", s.Ramp, "twice conns/rate + 30s"),
+		config.Positive("progress", s.Progress),
+	); err != nil {
+		return err
+	}
+	if s.Backlog > 0 && s.Scenario != loadgen.Reconnect {
+		return config.Usagef("--backlog is for --scenario reconnect")
 	}
 	s.URLs = strings.Split(urls, ",")
 	if procs != "" {
@@ -142,7 +206,15 @@ Flags:
 	fs.IntVar(&s.Bytes, "bytes", 150, "bytes per write (about one pushed message)")
 	fs.DurationVar(&s.Duration, "duration", 5*time.Second, "how long to write")
 	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := config.First(
+		config.Positive("pairs", s.Pairs),
+		config.Positive("writers", s.Writers),
+		config.Positive("bytes", s.Bytes),
+		config.Positive("duration", s.Duration),
+	); err != nil {
 		return err
 	}
 	res, err := loadgen.Floor(ctx, s)

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+// Every flag of the load tool is checked before anything starts: a value
+// that cannot work exits 2 with one line naming the flag, as the other
+// binaries do.
+func TestFlagErrors(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  func(context.Context, []string) error
+		args string
+		want string
+	}{
+		{run, "--conns 0", "--conns"},
+		{run, "--workers -1", "--workers"},
+		{run, "--rate 0", "--rate"},
+		{run, "--url http://127.0.0.1:8080/ws", "--url"},
+		{run, "--nats bogus://x", "--nats"},
+		{run, "--sources 300", "--sources"},
+		{run, "--duration 0s", "--duration"},
+		{run, "--backlog 10", "--backlog"},
+		{run, "--scenario reconnect --backlog -1", "--backlog"},
+		{run, "--msg-rate -1", "--msg-rate"},
+		{run, "--nope", "not defined"},
+		{run, "extra", "unexpected argument"},
+		{floor, "--pairs 0", "--pairs"},
+		{floor, "--duration -1s", "--duration"},
+		{chaos, "--trials 0", "--trials"},
+		{chaos, "--faults nope", "--faults"},
+		{chaos, "--edges 0", "--edges"},
+		{chaos, "--bench-conns 0", "--bench-conns"},
+	} {
+		err := tc.cmd(t.Context(), strings.Fields(tc.args))
+		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v (exit %d), want exit 2 naming %s", tc.args, err, exitCode(err), tc.want)
+		}
+	}
+}
