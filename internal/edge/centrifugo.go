@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,13 +22,14 @@ import (
 )
 
 // The edge's second client protocol: Centrifugo's client protocol v2 in its
-// JSON format at /connection/websocket, so Centrifugo's SDKs connect
-// unmodified (docs/centrifugo.md has the mapping). A Centrifugo connection
-// is a *Conn like any other, with cf set: the same rooms, resumes, long
-// replays, publishes, presence, limits and close handling. Only the edges
-// differ: authentication comes in the first command instead of at the
-// upgrade (here), and requests, replies and pushes are translated
-// (centrifugo_commands.go).
+// JSON and Protobuf formats at /connection/websocket, so Centrifugo's SDKs
+// connect unmodified (docs/centrifugo.md has the mapping). A Centrifugo
+// connection is a *Conn like any other, with cf set: the same rooms,
+// resumes, long replays, publishes, presence, limits and close handling.
+// Only the edges differ: authentication comes in the first command instead
+// of at the upgrade (here), requests, replies and pushes are translated
+// (centrifugo_commands.go), and Protobuf frames are split and framed
+// (centrifugo_protobuf.go, writeBatch).
 
 // Centrifugo's client error codes (replies) and disconnect codes (close
 // frames), as its documentation lists them. Disconnect codes 3000-3499
@@ -66,12 +68,21 @@ const (
 // until then the connection is nobody's and counts against no user's limit.
 const cfConnectTimeout = 10 * time.Second
 
-// cfPing is Centrifugo's server ping: an empty reply.
-var cfPing = []byte("{}")
+// Centrifugo's server ping is an empty reply: "{}" in JSON, zero bytes in
+// Protobuf (a length prefix of 0 on the wire). The Protobuf one must be
+// non-nil: deliver drops a nil frame.
+var (
+	cfPingJSON     = []byte("{}")
+	cfPingProtobuf = []byte{}
+)
 
 // cfState is what a Centrifugo connection has beyond a Conn's.
 type cfState struct {
 	client string // the client id told in the connect reply
+	// protobuf says the connection speaks Centrifugo's Protobuf format:
+	// binary frames of varint-length-delimited commands and replies
+	// (centrifugo_protobuf.go). Fixed at the upgrade.
+	protobuf bool
 	// rest holds commands that came in the connect command's frame, run
 	// once the connection is served.
 	rest []byte
@@ -84,6 +95,18 @@ type cfState struct {
 	// leave pushes (Centrifugo sends them only then); deliver reads it
 	// from other goroutines, hence mu.
 	joinLeave map[string]bool
+}
+
+// encode is r in the connection's format: one frame for the outbox, which
+// the writer frames (JSON: '\n'-separated; Protobuf: length-prefixed).
+func (s *cfState) encode(r *cfp.Reply) ([]byte, error) { return cfEncode(s.protobuf, r) }
+
+// ping is the connection's server ping.
+func (s *cfState) ping() []byte {
+	if s.protobuf {
+		return cfPingProtobuf
+	}
+	return cfPingJSON
 }
 
 func (s *cfState) wantsJoinLeave(channel string) bool {
@@ -102,22 +125,24 @@ func (s *cfState) setJoinLeave(channel string, on bool) {
 	}
 }
 
+// cfProtobufSubprotocol is the WebSocket subprotocol with which
+// centrifuge-go, centrifuge-js's protobuf build and the mobile SDKs ask for
+// the Protobuf format.
+const cfProtobufSubprotocol = "centrifuge-protobuf"
+
 // cfWantsProtobuf reports whether the client asks for Centrifugo's Protobuf
-// format (centrifuge-js: ?cf_protocol=protobuf; centrifuge-go and the mobile
-// SDKs: the centrifuge-protobuf subprotocol), which this endpoint does not
-// speak: such clients are refused before the upgrade rather than sent JSON
-// they cannot read.
-func cfWantsProtobuf(r *http.Request) bool {
-	q := r.URL.Query()
-	if q.Get("cf_protocol") == "protobuf" || q.Get("format") == "protobuf" {
-		return true
-	}
+// format: the centrifuge-protobuf subprotocol, or Centrifugo's query
+// parameter ?format=protobuf (or ?cf_protocol=protobuf, which this endpoint
+// has always taken as asking for Protobuf). offered says the subprotocol was offered: the upgrade must
+// then name it in its answer (RFC 6455 §4.2.2), and only then.
+func cfWantsProtobuf(r *http.Request) (protobuf, offered bool) {
 	for _, p := range websocket.Subprotocols(r) {
-		if p == "centrifuge-protobuf" {
-			return true
+		if p == cfProtobufSubprotocol {
+			return true, true
 		}
 	}
-	return false
+	q := r.URL.Query()
+	return q.Get("cf_protocol") == "protobuf" || q.Get("format") == "protobuf", false
 }
 
 // serveCentrifugo is /connection/websocket: the same admission as /ws
@@ -128,34 +153,38 @@ func (e *Edge) serveCentrifugo(w http.ResponseWriter, r *http.Request) {
 	if !e.mayUpgrade(w, r) {
 		return
 	}
-	if cfWantsProtobuf(r) {
-		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
-		httpError(w, http.StatusBadRequest, protocol.CodeBadRequest,
-			"this edge speaks Centrifugo's JSON format only: configure the SDK for JSON (docs/centrifugo.md)")
-		return
+	protobuf, offered := cfWantsProtobuf(r)
+	var header http.Header
+	if offered {
+		// The shared upgrader has no Subprotocols (/ws takes none): the
+		// answer's header names the chosen one instead.
+		header = http.Header{"Sec-Websocket-Protocol": {cfProtobufSubprotocol}}
 	}
 	addr := clientAddr(r, e.cfg.TrustedProxies)
 	// A token may also come the Parley way (a proxy adding the header); the
 	// connect command's wins. ?user= is insecure mode's dev identity.
 	urlToken, devUser := auth.TokenFromRequest(r), r.URL.Query().Get("user")
-	ws, err := e.upgrader.Upgrade(w, r, nil)
+	ws, err := e.upgrader.Upgrade(w, r, header)
 	if err != nil {
 		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
 		return
 	}
-	e.connectCentrifugo(ws, addr, urlToken, devUser)
+	e.connectCentrifugo(ws, protobuf, addr, urlToken, devUser)
 }
 
 // connectCentrifugo reads and answers the connect command on the upgrading
 // goroutine, then hands the connection to its own (runConn).
-func (e *Edge) connectCentrifugo(ws *websocket.Conn, addr netip.Addr, urlToken, devUser string) {
+func (e *Edge) connectCentrifugo(ws *websocket.Conn, protobuf bool, addr netip.Addr, urlToken, devUser string) {
 	cfg := &e.cfg
 	refuse := func(result string, code int, reason string, reply []byte) {
 		e.metrics.ConnectsTotal.WithLabelValues(result).Inc()
 		deadline := time.Now().Add(cfg.WriteTimeout)
 		if reply != nil {
 			_ = ws.SetWriteDeadline(deadline)
-			_ = ws.WriteMessage(websocket.TextMessage, reply)
+			if protobuf { // one reply, framed as the writer frames them
+				reply = append(binary.AppendUvarint(nil, uint64(len(reply))), reply...)
+			}
+			_ = ws.WriteMessage(cfMessageType(protobuf), reply)
 		}
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline)
 		_ = ws.Close()
@@ -176,13 +205,29 @@ func (e *Edge) connectCentrifugo(ws *websocket.Conn, addr netip.Addr, urlToken, 
 			break
 		}
 	}
-	first, rest := m.data, []byte(nil)
-	if i := bytes.IndexByte(first, '\n'); i >= 0 {
-		first, rest = first[:i], bytes.Clone(bytes.TrimSpace(first[i+1:]))
-	}
 	var cmd *cfp.Command
-	if m.text && !m.tooLarge {
+	var rest []byte
+	switch {
+	case m.tooLarge || m.text == protobuf: // the other format's frame type
+	case protobuf:
+		var first []byte
+		var err error
+		if first, rest, err = cfNextProtobuf(m.data); err == nil {
+			cmd = &cfp.Command{}
+			if cmd.UnmarshalCF(first) != nil {
+				cmd = nil
+			}
+			rest = bytes.Clone(rest)
+		}
+	default:
+		first := m.data
+		if i := bytes.IndexByte(first, '\n'); i >= 0 {
+			first, rest = first[:i], bytes.Clone(bytes.TrimSpace(first[i+1:]))
+		}
 		cmd, _ = cfp.NewJSONCommandDecoder(first).Decode() // io.EOF with the command: the only one
+	}
+	if len(rest) == 0 {
+		rest = nil // serve runs rest only if there is some
 	}
 	if cmd == nil || cmd.Connect == nil || cmd.Id == 0 {
 		fr.release()
@@ -199,7 +244,7 @@ func (e *Edge) connectCentrifugo(ws *websocket.Conn, addr netip.Addr, urlToken, 
 		if errors.Is(err, jwt.ErrTokenExpired) {
 			// The SDKs answer 109 by fetching a fresh token and connecting
 			// again (the close code tells them to reconnect).
-			reply, _ := cfEncode(&cfp.Reply{Id: cmd.Id, Error: &cfp.Error{Code: cfErrTokenExpired, Message: "token expired"}})
+			reply, _ := cfEncode(protobuf, &cfp.Reply{Id: cmd.Id, Error: &cfp.Error{Code: cfErrTokenExpired, Message: "token expired"}})
 			refuse("unauthorized", cfDisconnectExpired, "token expired", reply)
 			return
 		}
@@ -213,7 +258,10 @@ func (e *Edge) connectCentrifugo(ws *websocket.Conn, addr netip.Addr, urlToken, 
 		return
 	}
 	c := newConn(e, e.nextConn.Add(1), nil, ident)
-	c.cf = &cfState{client: cfg.Presence.EdgeID + "-" + strconv.FormatUint(c.id, 10), rest: rest, joinLeave: make(map[string]bool)}
+	c.cf = &cfState{client: cfg.Presence.EdgeID + "-" + strconv.FormatUint(c.id, 10), protobuf: protobuf, rest: rest, joinLeave: make(map[string]bool)}
+	if protobuf {
+		c.wsType = websocket.BinaryMessage
+	}
 	c.fr = fr
 	res := &cfp.ConnectResult{
 		Client:  c.cf.client,
@@ -228,7 +276,7 @@ func (e *Edge) connectCentrifugo(ws *websocket.Conn, addr netip.Addr, urlToken, 
 		// The SDKs refresh the token (a refresh command) before ttl runs out.
 		res.Expires, res.Ttl = true, uint32(max(time.Until(ident.Expires)/time.Second, 1))
 	}
-	reply, err := cfEncode(&cfp.Reply{Id: cmd.Id, Connect: res})
+	reply, err := c.cf.encode(&cfp.Reply{Id: cmd.Id, Connect: res})
 	if err != nil { // unreachable: nothing in it is raw JSON
 		e.admit.release(lease)
 		fr.release()
@@ -340,15 +388,36 @@ func cfErrorFor(code protocol.Code, msg string) *cfp.Error {
 	return &cfp.Error{Code: cfErrInternal, Message: msg, Temporary: true}
 }
 
-// cfEncoder encodes replies and pushes; safe for concurrent use.
-var cfEncoder = cfp.NewJSONReplyEncoder()
+// The encoders of replies and pushes; safe for concurrent use.
+var (
+	cfJSONEncoder     = cfp.NewJSONReplyEncoder()
+	cfProtobufEncoder = cfp.NewProtobufReplyEncoder()
+)
 
-func cfEncode(r *cfp.Reply) ([]byte, error) {
-	b, err := cfEncoder.Encode(r)
+// cfEncode is r in JSON or Protobuf, unframed.
+func cfEncode(protobuf bool, r *cfp.Reply) ([]byte, error) {
+	var b []byte
+	var err error
+	if protobuf {
+		b, err = cfProtobufEncoder.Encode(r)
+	} else {
+		b, err = cfJSONEncoder.Encode(r)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: encode a Centrifugo reply: %w", protocol.ErrInternal, err)
 	}
+	if b == nil {
+		b = []byte{} // an empty reply (all zero) is still a frame: deliver drops nil
+	}
 	return b, nil
+}
+
+// cfMessageType is the WebSocket message type of a format's frames.
+func cfMessageType(protobuf bool) int {
+	if protobuf {
+		return websocket.BinaryMessage
+	}
+	return websocket.TextMessage
 }
 
 // cfPersonalUser is the user a "#user" channel names, "" if channel is not

@@ -16,10 +16,15 @@ import (
 	"github.com/parley-mesh/parley/protocol"
 )
 
-// handleCentrifugo runs a frame's Centrifugo commands ('\n'-separated JSON)
-// in order. A frame that is not Centrifugo JSON ends the connection with
-// "bad request", as Centrifugo does: its SDKs never send one.
+// handleCentrifugo runs a frame's Centrifugo commands ('\n'-separated JSON,
+// or length-delimited Protobuf) in order. A frame that is not commands in
+// the connection's format ends the connection with "bad request", as
+// Centrifugo does: its SDKs never send one.
 func (c *Conn) handleCentrifugo(frame []byte) {
+	if c.cf.protobuf {
+		c.handleCentrifugoProtobuf(frame)
+		return
+	}
 	if len(bytes.TrimSpace(frame)) == 0 {
 		return
 	}
@@ -128,7 +133,7 @@ func cfOpName(cmd *cfp.Command) string {
 }
 
 func (c *Conn) cfReply(r *cfp.Reply) {
-	b, err := cfEncode(r)
+	b, err := c.cf.encode(r)
 	if err != nil {
 		c.log.Error("encode reply", "err", err)
 		return
@@ -164,7 +169,9 @@ func (c *Conn) cfReplyParley(r protocol.Reply) {
 // or leave, the unsubscribed notice) into Centrifugo's; nil drops it (a
 // push Centrifugo has no counterpart for, such as the expiring reminder:
 // the SDKs refresh from the connect reply's ttl). Anything not a Parley
-// push (Centrifugo replies, the ping) passes as it is.
+// push (Centrifugo replies, the ping) passes as it is: that includes every
+// Protobuf reply, whose first byte is a field tag and never '{' (0x7b
+// would be field 15 with the group wire type, which Reply does not use).
 func (c *Conn) cfPush(frame []byte) []byte {
 	if !bytes.HasPrefix(frame, []byte(`{"op":`)) {
 		return frame
@@ -201,7 +208,7 @@ func (c *Conn) cfPush(frame []byte) []byte {
 	default:
 		return nil
 	}
-	b, err := cfEncode(&cfp.Reply{Push: push})
+	b, err := c.cf.encode(&cfp.Reply{Push: push})
 	if err != nil {
 		c.log.Error("translate a push", "err", err)
 		return nil
@@ -294,7 +301,7 @@ func (c *Conn) cfSubscribe(id uint32, req *cfp.SubscribeRequest) error {
 			return nil, err
 		}
 		res.Publications = pubs
-		b, err := cfEncode(&cfp.Reply{Id: id, Subscribe: res})
+		b, err := c.cf.encode(&cfp.Reply{Id: id, Subscribe: res})
 		if err != nil {
 			return nil, err
 		}
@@ -315,7 +322,7 @@ func (c *Conn) cfSubscribePersonal(id uint32, user string) error {
 	if c.cf.personal != nil {
 		return &cfError{code: cfErrAlreadySub, msg: "already subscribed to #" + user}
 	}
-	b, err := cfEncode(&cfp.Reply{Id: id, Subscribe: &cfp.SubscribeResult{}})
+	b, err := c.cf.encode(&cfp.Reply{Id: id, Subscribe: &cfp.SubscribeResult{}})
 	if err != nil {
 		return err
 	}
@@ -357,6 +364,11 @@ func (c *Conn) cfUnsubscribe(id uint32, req *cfp.UnsubscribeRequest) error {
 // no idempotency key): the ack comes as the publish reply (cfReplyParley).
 // To "#user" it is a direct message.
 func (c *Conn) cfPublish(id uint32, req *cfp.PublishRequest) error {
+	// JSON commands carry JSON data by construction; Protobuf ones carry
+	// any bytes, and a message's data is JSON to every Parley client.
+	if c.cf.protobuf && !json.Valid(req.Data) {
+		return fmt.Errorf("%w: data must be JSON", protocol.ErrBadRequest)
+	}
 	preq := &protocol.Request{ID: int64(id), Op: protocol.OpPub, Room: req.Channel, Data: json.RawMessage(req.Data)}
 	if user, ok := cfPersonalUser(req.Channel); ok {
 		preq.Room, preq.To = "", user

@@ -19,10 +19,10 @@ import (
 // cfClient is centrifuge-go connected as carol (subscribe and publish
 // anywhere) to the Centrifugo endpoint at addr, reconnecting quickly so a
 // restart costs the test milliseconds, not the SDK's default backoff.
-func cfClient(t *testing.T, addr string) (*centrifuge.Client, chan centrifuge.ConnectingEvent) {
+func cfClient(t *testing.T, addr string, newClient cfNewClient) (*centrifuge.Client, chan centrifuge.ConnectingEvent) {
 	t.Helper()
 	tok := token(t, "carol", time.Hour, auth.Grants{Subscribe: []string{"*"}, Publish: []string{"*"}})
-	c := centrifuge.NewJsonClient("ws://"+addr+"/connection/websocket", centrifuge.Config{
+	c := newClient("ws://"+addr+"/connection/websocket", centrifuge.Config{
 		Token: tok, MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 300 * time.Millisecond,
 	})
 	t.Cleanup(c.Close)
@@ -57,11 +57,17 @@ func noMorePubs(t *testing.T, s *cfSub) {
 // a backend service keeps publishing: centrifuge-go is told 3001 (shutting
 // down, reconnect), reconnects once the edge is back, resubscribes with its
 // offset and epoch and gets recovered: true and every message once, in
-// stream order, live ones and those published while no edge ran.
+// stream order, live ones and those published while no edge ran. In both
+// formats: a long resume's pushes are framed by the same writer.
 func TestCentrifugoSDKRecoversAcrossEdgeRestart(t *testing.T) {
+	t.Run("json", func(t *testing.T) { testCentrifugoSDKRecoversAcrossEdgeRestart(t, centrifuge.NewJsonClient) })
+	t.Run("protobuf", func(t *testing.T) { testCentrifugoSDKRecoversAcrossEdgeRestart(t, centrifuge.NewProtobufClient) })
+}
+
+func testCentrifugoSDKRecoversAcrossEdgeRestart(t *testing.T, newClient cfNewClient) {
 	srv := natstest.StartJetStream(t)
 	r := edgetest.StartRestartable(t, srv.URL(), func(c *edge.Config) { c.Auth = auth.Config{HMACSecret: testSecret} })
-	cf, connecting := cfClient(t, r.Addr())
+	cf, connecting := cfClient(t, r.Addr(), newClient)
 	s := newCFSub(t, cf, "restart", centrifuge.SubscriptionConfig{})
 	if err := cf.Connect(); err != nil {
 		t.Fatal(err)
@@ -142,7 +148,7 @@ func TestCentrifugoSDKHolePastRetention(t *testing.T) {
 		c.Auth = auth.Config{HMACSecret: testSecret}
 		c.Stream.MaxMsgsPerSubject = 5
 	})
-	cf, _ := cfClient(t, r.Addr())
+	cf, _ := cfClient(t, r.Addr(), centrifuge.NewJsonClient)
 	s := newCFSub(t, cf, "small", centrifuge.SubscriptionConfig{})
 	if err := cf.Connect(); err != nil {
 		t.Fatal(err)

@@ -62,13 +62,22 @@ func recvCF[T any](t *testing.T, ch chan T, what string) T {
 // offsets), history, presence, join pushes, and recovery after a
 // disconnect: what was published meanwhile arrives once, in order, with
 // recovered true.
-func TestCentrifugoSDK(t *testing.T) {
+func TestCentrifugoSDK(t *testing.T) { testCentrifugoSDK(t, centrifuge.NewJsonClient) }
+
+// The same with centrifuge-go's Protobuf client (the centrifuge-protobuf
+// subprotocol, binary frames), as the mobile SDKs speak it.
+func TestCentrifugoSDKProtobuf(t *testing.T) { testCentrifugoSDK(t, centrifuge.NewProtobufClient) }
+
+// cfNewClient is centrifuge-go's constructor of one format.
+type cfNewClient func(endpoint string, config centrifuge.Config) *centrifuge.Client
+
+func testCentrifugoSDK(t *testing.T, newClient cfNewClient) {
 	srv := natstest.StartJetStream(t)
 	edgetest.StartPresence(t, srv.URL())
 	e := startEdge(t, srv.URL(), nil)
 
 	tok := token(t, "carol", time.Hour, auth.Grants{Subscribe: []string{"lobby"}, Publish: []string{"lobby"}})
-	cf := centrifuge.NewJsonClient(centrifugoURL(e), centrifuge.Config{Token: tok})
+	cf := newClient(centrifugoURL(e), centrifuge.Config{Token: tok})
 	t.Cleanup(cf.Close)
 	connected := make(chan centrifuge.ConnectedEvent, 4)
 	cf.OnConnected(func(ev centrifuge.ConnectedEvent) { connected <- ev })
@@ -358,9 +367,24 @@ func TestCentrifugoConnectRefusals(t *testing.T) {
 			t.Fatalf("%s: %v, want close %d", c.first, err, c.code)
 		}
 	}
-	// Protobuf is refused before the upgrade.
-	d := websocket.Dialer{Subprotocols: []string{"centrifuge-protobuf"}}
-	if _, resp, err := d.Dial(centrifugoURL(e), nil); err == nil || resp == nil || resp.StatusCode != 400 {
-		t.Fatalf("protobuf: %v", err)
+	// A JSON connection takes no binary frame.
+	ws, _, err := websocket.DefaultDialer.Dial(centrifugoURL(e), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	_ = ws.WriteMessage(websocket.BinaryMessage, []byte(`{"id":1,"connect":{}}`))
+	if err := readUntilClose(ws); !websocket.IsCloseError(err, 3501) {
+		t.Fatalf("binary frame on a JSON connection: %v, want close 3501", err)
+	}
+}
+
+// readUntilClose reads ws until it fails: the close, normally.
+func readUntilClose(ws *websocket.Conn) error {
+	_ = ws.SetReadDeadline(time.Now().Add(edgetest.Wait))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			return err
+		}
 	}
 }

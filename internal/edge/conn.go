@@ -76,6 +76,11 @@ type Conn struct {
 	// requests, replies and pushes are translated, everything else is the
 	// same machinery. Nil on a Parley connection.
 	cf *cfState
+	// wsType is the WebSocket message type of the data frames the client
+	// sends and is sent: text (JSON) but for Centrifugo's Protobuf format,
+	// whose binary frames hold length-delimited replies (writeBatch). Set
+	// before the writer starts, then read-only.
+	wsType int
 
 	reqLimit  *rate.Limiter
 	pubLimit  *rate.Limiter
@@ -130,6 +135,7 @@ func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn
 		done:      make(chan struct{}),
 		frames:    make(chan []byte),
 		handled:   make(chan struct{}, 1),
+		wsType:    websocket.TextMessage,
 	}
 	return c
 }

@@ -104,8 +104,11 @@ func (c *Conn) readLoop(woken bool) error {
 		c.e.metrics.FramesIn.Inc()
 		c.e.metrics.BytesIn.Add(float64(m.size))
 		switch {
-		case !m.text:
-			c.replyErr(0, fmt.Errorf("%w: binary frames are not supported; send JSON in text frames", protocol.ErrBadRequest))
+		case m.text != (c.wsType == websocket.TextMessage):
+			// Each connection takes one frame type: text everywhere but
+			// on Centrifugo's Protobuf connections, which take binary only.
+			// (A Centrifugo connection answers this error by closing.)
+			c.replyErr(0, c.frameTypeErr())
 		case m.tooLarge:
 			// The connection stays: the message was read and discarded.
 			c.replyErr(0, fmt.Errorf("%w: frame of %d bytes exceeds the limit of %d", protocol.ErrTooLarge, m.size, cfg.MaxFrameBytes))
@@ -114,6 +117,14 @@ func (c *Conn) readLoop(woken bool) error {
 			c.handleFrame(m.data)
 		}
 	}
+}
+
+// frameTypeErr is the error for a data frame of the other type.
+func (c *Conn) frameTypeErr() error {
+	if c.wsType == websocket.BinaryMessage {
+		return fmt.Errorf("%w: text frame on a Protobuf connection; send binary frames", protocol.ErrBadRequest)
+	}
+	return fmt.Errorf("%w: binary frames are not supported; send JSON in text frames", protocol.ErrBadRequest)
 }
 
 // handleFrame runs the frame's requests on a handler goroutine while the

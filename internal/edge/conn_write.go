@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"encoding/binary"
 	"io"
 	"time"
 
@@ -92,7 +93,7 @@ func (c *Conn) schedulePing() {
 		if c.cf != nil {
 			// Centrifugo's SDKs expect the server's own ping, an empty
 			// reply, and answer it with an empty command.
-			c.deliver(cfPing)
+			c.deliver(c.cf.ping())
 		}
 		c.pinger.Store(time.AfterFunc(c.e.cfg.PingInterval, tick))
 	}
@@ -188,23 +189,37 @@ func closeReason(code int) string {
 var newline = []byte{protocol.Separator}
 
 // writeBatch writes frames as few WebSocket messages as the frame limit
-// allows: one syscall-sized write for many small pushes.
+// allows: one syscall-sized write for many small pushes. Text messages
+// separate frames with '\n'; binary ones (Centrifugo's Protobuf format)
+// prefix each with its length as a varint, the empty ping included.
 func (c *Conn) writeBatch(frames [][]byte) error {
 	cfg := &c.e.cfg
+	delimited := c.wsType == websocket.BinaryMessage
+	var prefix [binary.MaxVarintLen64]byte
 	for len(frames) > 0 {
 		_ = c.ws.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
-		w, err := c.ws.NextWriter(websocket.TextMessage)
+		w, err := c.ws.NextWriter(c.wsType)
 		if err != nil {
 			return err
 		}
 		size := 0
 		n := 0
-		for n < len(frames) && (n == 0 || size+1+len(frames[n]) <= cfg.MaxOutFrameBytes) {
-			if n > 0 {
-				if _, err := w.Write(newline); err != nil {
+		for n < len(frames) {
+			var sep []byte
+			switch {
+			case delimited:
+				sep = binary.AppendUvarint(prefix[:0], uint64(len(frames[n])))
+			case n > 0:
+				sep = newline
+			}
+			if n > 0 && size+len(sep)+len(frames[n]) > cfg.MaxOutFrameBytes {
+				break
+			}
+			if len(sep) > 0 {
+				if _, err := w.Write(sep); err != nil {
 					return err
 				}
-				size++
+				size += len(sep)
 			}
 			if _, err := w.Write(frames[n]); err != nil {
 				return err

@@ -363,7 +363,9 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 
 	// A client that stops reading holds its slot (its replay waits for its
 	// queue); another resume then gets unavailable after the sub's deadline.
-	short := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxReplays = 1; c.RequestTimeout = 200 * time.Millisecond })
+	// The sub waits 2 x RequestTimeout for a slot; a second is long enough
+	// that the reads before the wait do not time out on a busy machine.
+	short := startEdge(t, srv.URL(), func(c *edge.Config) { c.MaxReplays = 1; c.RequestTimeout = time.Second })
 	stalled, err := client.Dial(t.Context(), edgetest.URL(short), client.WithUser("stalled"), client.WithMessageBuffer(0))
 	if err != nil {
 		t.Fatal(err)
@@ -376,8 +378,8 @@ func TestLongResumesBoundedPerEdge(t *testing.T) {
 	other := edgetest.Dial(t, short, "other")
 	_, err = other.Subscribe(ctxT(t), "two", client.Since(0))
 	var ce *client.Error
-	if !errors.As(err, &ce) || ce.Code != protocol.CodeUnavailable {
-		t.Fatalf("a resume beyond --max-replays: %v, want unavailable", err)
+	if !errors.As(err, &ce) || ce.Code != protocol.CodeUnavailable || !strings.Contains(ce.Message, "--max-replays") {
+		t.Fatalf("a resume beyond --max-replays: %v, want unavailable naming --max-replays", err)
 	}
 	if err := other.Ping(ctxT(t)); err != nil {
 		t.Fatalf("after the refusal: %v", err)
