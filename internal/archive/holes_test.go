@@ -393,7 +393,9 @@ func TestHoleInUncommittedBatch(t *testing.T) {
 			return nil
 		})
 	}
-	consumerIs("holding the batch", func(i *jetstream.ConsumerInfo) bool { return i.NumPending == 0 && i.NumAckPending == 5 })
+	// At least the batch: a message of before() that the stopped archiver
+	// had not acked yet is redelivered with it on a busy machine.
+	consumerIs("holding the batch", func(i *jetstream.ConsumerInfo) bool { return i.NumPending == 0 && i.NumAckPending >= 5 })
 	after := h.m.publish(h.t, 5, "chat.room.hot") // cuts the uncommitted batch
 	consumerIs("past the batch", func(i *jetstream.ConsumerInfo) bool {
 		return i.NumAckPending == 0 && i.AckFloor.Stream >= batch[len(batch)-1]

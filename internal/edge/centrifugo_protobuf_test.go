@@ -22,6 +22,9 @@ type pbConn struct {
 	ws *websocket.Conn
 	// pings counts the server's pings seen (and answered) by read.
 	pings int
+	// queued are replies of a frame not read yet: the edge batches several
+	// into one frame whenever the client is behind.
+	queued []*cfp.Reply
 }
 
 func dialProtobuf(t *testing.T, e *edge.Edge) *pbConn {
@@ -65,6 +68,11 @@ func (p *pbConn) send(frame []byte) {
 func (p *pbConn) read() *cfp.Reply {
 	p.t.Helper()
 	for {
+		if len(p.queued) > 0 {
+			r := p.queued[0]
+			p.queued = p.queued[1:]
+			return r
+		}
 		_ = p.ws.SetReadDeadline(time.Now().Add(edgetest.Wait))
 		typ, data, err := p.ws.ReadMessage()
 		if err != nil {
@@ -73,7 +81,6 @@ func (p *pbConn) read() *cfp.Reply {
 		if typ != websocket.BinaryMessage {
 			p.t.Fatalf("message type %d, want binary", typ)
 		}
-		var replies []*cfp.Reply
 		for len(data) > 0 {
 			l, n := binary.Uvarint(data)
 			if n <= 0 || l > uint64(len(data)-n) {
@@ -89,13 +96,7 @@ func (p *pbConn) read() *cfp.Reply {
 				p.send([]byte{0})
 				continue
 			}
-			replies = append(replies, r)
-		}
-		if len(replies) > 1 {
-			p.t.Fatalf("%d replies in one frame: this test reads one at a time", len(replies))
-		}
-		if len(replies) == 1 {
-			return replies[0]
+			p.queued = append(p.queued, r)
 		}
 	}
 }
