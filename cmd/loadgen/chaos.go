@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +51,16 @@ func chaos(ctx context.Context, args []string) error {
 	fs.IntVar(&bench.Conns, "bench-conns", 24, "bench: connections, spread over the edges")
 	fs.IntVar(&bench.Window, "bench-window", 16, "bench: publishes in flight per connection")
 	fs.IntVar(&bench.Payload, "bench-payload", 64, "bench: padding bytes per message")
+	var replay chaostest.ReplayBenchConfig
+	var small, long string
+	benchReplay := fs.Bool("bench-replay", false, "instead of trials: measure resumes through Direct Get (--replay-small) and ordered consumers (--replay-long) on a fault-free mesh")
+	fs.IntVar(&replay.MaxRecover, "replay-max-recover", 1000, "bench-replay: the edges' --max-recover (the largest resume served with Direct Get)")
+	fs.StringVar(&small, "replay-small", "100,300,1000", "bench-replay: comma-separated resume sizes up to --replay-max-recover (Direct Get)")
+	fs.StringVar(&long, "replay-long", "3000,10000,100000", "bench-replay: comma-separated resume sizes above --replay-max-recover, at most 100000 (ordered consumer)")
+	fs.IntVar(&replay.Messages, "replay-messages", 200_000, "bench-replay: messages replayed per size at least (in at least 3 resumes)")
+	fs.IntVar(&replay.Clients, "replay-clients", 50, "bench-replay: clients resuming at once, spread over the edges (0: no burst)")
+	fs.IntVar(&replay.Burst, "replay-burst", 3000, "bench-replay: messages each of --replay-clients resumes (above --replay-max-recover)")
+	fs.IntVar(&replay.Payload, "replay-payload", 160, "bench-replay: padding bytes per message")
 	verbose := fs.Bool("v", false, "log the harness's steps")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -63,7 +74,19 @@ func chaos(ctx context.Context, args []string) error {
 		config.Positive("bench-conns", bench.Conns),
 		config.Positive("bench-window", bench.Window),
 		config.NotNegative("bench-payload", bench.Payload, "none"),
+		config.InRange("replay-max-recover", replay.MaxRecover, 1, maxRoomMessages-1),
+		config.Positive("replay-messages", replay.Messages),
+		config.NotNegative("replay-clients", replay.Clients, "no burst"),
+		config.InRange("replay-burst", replay.Burst, replay.MaxRecover+1, maxRoomMessages),
+		config.NotNegative("replay-payload", replay.Payload, "none"),
 	); err != nil {
+		return err
+	}
+	var err error
+	if replay.Small, err = sizes("replay-small", small, 1, replay.MaxRecover); err != nil {
+		return err
+	}
+	if replay.Long, err = sizes("replay-long", long, replay.MaxRecover+1, maxRoomMessages); err != nil {
 		return err
 	}
 	if faults != "" {
@@ -112,6 +135,9 @@ func chaos(ctx context.Context, args []string) error {
 		}
 	}
 	mc := chaostest.MeshConfig{Dir: dir, Bin: bin, Edges: edges, SyncAlways: syncAlways, Log: log}
+	if *benchReplay {
+		return runReplayBench(ctx, mc, replay)
+	}
 	if bench.Duration > 0 {
 		return runBench(ctx, mc, bench)
 	}
@@ -158,5 +184,64 @@ func runBench(ctx context.Context, mc chaostest.MeshConfig, cfg chaostest.BenchC
 	}
 	fmt.Printf("sync_interval %s: %d acked publishes in %v = %.0f/s (%d conns × %d in flight, %d B padding), errors %v\n",
 		sync, res.Acked, res.Duration, res.PerSecond(), cfg.Conns, cfg.Window, cfg.Payload, res.Errors)
+	return nil
+}
+
+// maxRoomMessages is the chat stream's per-room limit
+// (--stream-max-msgs-per-subject's default, which the mesh provisions):
+// the longest resume the stream can hold.
+const maxRoomMessages = 100_000
+
+// sizes parses a comma-separated list of resume sizes, each in [lo, hi].
+func sizes(name, list string, lo, hi int) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, config.Usagef("--%s: %q is not a number", name, f)
+		}
+		if err := config.InRange(name, n, lo, hi); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// runReplayBench measures resumes through both replay paths on a
+// fault-free R3 mesh whose edges serve up to --replay-max-recover with
+// Direct Get and have no room memory.
+func runReplayBench(ctx context.Context, mc chaostest.MeshConfig, cfg chaostest.ReplayBenchConfig) error {
+	mc.EdgeArgs = append(mc.EdgeArgs, chaostest.ReplayEdgeArgs(cfg.MaxRecover)...)
+	m, err := chaostest.StartMesh(ctx, mc)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	cfg.Out = os.Stdout
+	began := time.Now()
+	rows, err := chaostest.ReplayBench(ctx, m, cfg)
+	if len(rows) > 0 {
+		fmt.Printf("\n%d edges, 3 nats-servers (R3), --max-recover %d, %v\n\n%s", len(m.EdgeURLs()), cfg.MaxRecover,
+			time.Since(began).Round(time.Millisecond), chaostest.ReplayTable(rows))
+		for _, r := range rows {
+			fmt.Printf("%s %d: slowest resume %v; edges counted %.0f replayed, %.0f through a consumer, %.0f long resumes completed\n",
+				r.Path, r.Size, r.Slowest.Round(time.Microsecond), r.Replayed, r.FromConsumer, r.Completed)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	stalls := 0
+	for _, r := range rows {
+		stalls += r.Stalls
+	}
+	if stalls > 0 {
+		return fmt.Errorf("%d resumes stalled: an edge sent nothing for 10 s while messages were owed, and kept the connection open", stalls)
+	}
 	return nil
 }

@@ -33,6 +33,14 @@ func TestFlagErrors(t *testing.T) {
 		{chaos, "--faults nope", "--faults"},
 		{chaos, "--edges 0", "--edges"},
 		{chaos, "--bench-conns 0", "--bench-conns"},
+		{chaos, "--bench-replay --replay-small 100,2000", "--replay-small"},
+		{chaos, "--bench-replay --replay-small 1x", "--replay-small"},
+		{chaos, "--bench-replay --replay-long 500", "--replay-long"},
+		{chaos, "--bench-replay --replay-long 200000", "--replay-long"},
+		{chaos, "--bench-replay --replay-burst 1000", "--replay-burst"},
+		{chaos, "--bench-replay --replay-max-recover 0", "--replay-max-recover"},
+		{chaos, "--bench-replay --replay-messages 0", "--replay-messages"},
+		{chaos, "--bench-replay --replay-clients -1", "--replay-clients"},
 	} {
 		err := tc.cmd(t.Context(), strings.Fields(tc.args))
 		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {

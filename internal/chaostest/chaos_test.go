@@ -37,24 +37,9 @@ func TestChaos(t *testing.T) {
 			cfg.Faults = append(cfg.Faults, k)
 		}
 	}
-	dir := os.Getenv("PARLEY_CHAOS_DIR")
-	if dir == "" {
-		dir = t.TempDir()
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	ctx := t.Context()
 	began := time.Now()
-	bin := Binaries{NATS: os.Getenv("PARLEY_CHAOS_NATS_SERVER"), Edge: os.Getenv("PARLEY_CHAOS_EDGE")}
-	if bin.NATS == "" || bin.Edge == "" {
-		race := raceEnabled || os.Getenv("PARLEY_CHAOS_RACE") != ""
-		built, err := Build(ctx, dir, race)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bin = built
-		t.Logf("built nats-server and edge (race detector: %v) in %v", race, time.Since(began).Round(time.Millisecond))
-	}
+	dir, bin := testMeshFiles(t)
 	cfg.Out = testWriter{t}
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -78,6 +63,32 @@ func TestChaos(t *testing.T) {
 	if n := sum.Failed(); n > 0 {
 		t.Errorf("%d of %d trials broke a promise (see the lines marked FAIL above; logs in %s)", n, len(sum.Results), dir)
 	}
+}
+
+// testMeshFiles is where a test's mesh keeps its data and logs
+// (PARLEY_CHAOS_DIR, else a temporary directory) and the binaries it runs
+// (PARLEY_CHAOS_NATS_SERVER and PARLEY_CHAOS_EDGE, else built there, with
+// the race detector under go test -race or PARLEY_CHAOS_RACE=1).
+func testMeshFiles(t *testing.T) (string, Binaries) {
+	t.Helper()
+	dir := os.Getenv("PARLEY_CHAOS_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	bin := Binaries{NATS: os.Getenv("PARLEY_CHAOS_NATS_SERVER"), Edge: os.Getenv("PARLEY_CHAOS_EDGE")}
+	if bin.NATS == "" || bin.Edge == "" {
+		race := raceEnabled || os.Getenv("PARLEY_CHAOS_RACE") != ""
+		built, err := Build(t.Context(), dir, race)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = built
+		t.Logf("built nats-server and edge (race detector: %v) in %v", race, time.Since(began).Round(time.Millisecond))
+	}
+	return dir, bin
 }
 
 func envInt(t *testing.T, name string, def int) int {

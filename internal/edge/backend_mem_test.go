@@ -48,6 +48,9 @@ type memBackend struct {
 	beforeLastSeq func()
 	presence      []string
 	acks          ackFunc
+	// stallCursors makes the next cursors opened deliver nothing, ever
+	// (an ordered consumer whose pull the server no longer holds).
+	stallCursors int
 }
 
 type memMsg struct {
@@ -243,16 +246,27 @@ func (m *memBackend) Holds(_ context.Context, from, to uint64) (bool, error) {
 }
 
 func (m *memBackend) OpenCursor(_ context.Context, topic string, after uint64, _ time.Duration) (Cursor, error) {
-	return &memCursor{m: m, topic: topic, pos: after}, nil
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	stalled := m.stallCursors > 0
+	if stalled {
+		m.stallCursors--
+	}
+	return &memCursor{m: m, topic: topic, pos: after, stalled: stalled}, nil
 }
 
 type memCursor struct {
-	m     *memBackend
-	topic string
-	pos   uint64
+	m       *memBackend
+	topic   string
+	pos     uint64
+	stalled bool
 }
 
 func (c *memCursor) Next(wait time.Duration) (Delivery, error) {
+	if c.stalled {
+		time.Sleep(min(wait, 5*time.Millisecond))
+		return Delivery{}, errCursorIdle
+	}
 	c.m.mu.Lock()
 	for _, s := range c.m.stored {
 		if s.subject == c.topic && s.seq > c.pos {

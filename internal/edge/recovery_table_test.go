@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/parley-mesh/parley/internal/metrics"
 	pjs "github.com/parley-mesh/parley/jetstream"
@@ -407,4 +408,32 @@ func TestTrailingReplicaReadsSkipNothing(t *testing.T) {
 			t.Fatalf("recovered %v, got %v, want %v", reply.Recovered, got, want)
 		}
 	})
+}
+
+// A long replay whose cursor goes silent while the stream still holds what
+// it owes starts a new cursor instead of waiting for ever. Found by the R3
+// replay bench: an ordered consumer sometimes kept every owed message
+// pending with no pull at the server, and the resume hung with the
+// connection open.
+func TestSilentReplayCursorIsReopened(t *testing.T) {
+	m := newMemBackend()
+	seqs := fill(m, "lobby", 5)
+	m.stallCursors = 1
+	cur := &streamCursor{b: m, reader: &streamReader{b: m}, topic: pjs.RoomSubject("lobby")}
+	defer cur.close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var got []uint64
+	after := uint64(0)
+	for range seqs {
+		d, err := cur.next(ctx, after)
+		if err != nil {
+			t.Fatalf("after %d: %v", after, err)
+		}
+		got = append(got, d.Seq)
+		after = d.Seq
+	}
+	if !slices.Equal(got, seqs) || cur.reopened != 1 {
+		t.Fatalf("got %v (reopened %d), want %v after one reopen", got, cur.reopened, seqs)
+	}
 }

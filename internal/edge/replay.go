@@ -60,6 +60,9 @@ const (
 	// replayResets bounds the ordered consumer's re-creations in one go
 	// (a NATS reconnect, a missed heartbeat): beyond, the replay fails.
 	replayResets = 5
+	// replayReopenAfter is how many idle waits in a row, while the stream
+	// still holds messages owed, make the replay start a new cursor.
+	replayReopenAfter = 2
 )
 
 // errReplayGone: the stream no longer holds messages the replay owes.
@@ -217,6 +220,8 @@ type streamCursor struct {
 
 	cur Cursor
 	pos uint64 // the last sequence read
+	// reopened counts cursors started again because one went silent.
+	reopened int
 }
 
 // next returns the topic's first stored message after seq after.
@@ -229,15 +234,32 @@ func (s *streamCursor) next(ctx context.Context, after uint64) (Delivery, error)
 		}
 		s.cur, s.pos = cur, after
 	}
+	idle := 0
 	for {
 		d, err := s.cur.Next(replayIdle)
 		if errors.Is(err, errCursorIdle) {
+			if ctx.Err() != nil {
+				return Delivery{}, ctx.Err()
+			}
 			// Messages are owed (the sub's position, or what pending
 			// dropped, lies beyond after) yet none came: unless the
 			// stream still holds some after after, retention took them.
 			left, cerr := s.reader.countFrom(ctx, s.topic, after+1)
 			if cerr == nil && left == 0 {
 				return Delivery{}, errReplayGone
+			}
+			// The stream has them and the cursor says nothing: on NATS an
+			// ordered consumer whose pull is no longer at the server (seen
+			// on the R3 cluster: every owed message pending, no waiting
+			// pull, for as long as one waited). Start a new cursor there.
+			if idle++; idle >= replayReopenAfter {
+				s.close()
+				cur, err := s.b.OpenCursor(ctx, s.topic, after, s.inactive)
+				if err != nil {
+					return Delivery{}, err
+				}
+				s.cur, s.pos, idle = cur, after, 0
+				s.reopened++
 			}
 			continue
 		}
