@@ -69,11 +69,17 @@ func newMemBackend() *memBackend {
 // store appends a message to subject, returning its seq, and delivers it
 // live unless the topic's live feed is set to drop.
 func (m *memBackend) store(subject, text string) uint64 {
+	return m.storeData(subject, func(seq uint64) []byte {
+		return envelope("u", fmt.Sprintf("m%d", seq), []byte(fmt.Sprintf("%q", text)))
+	})
+}
+
+// storeData stores the NATS payload data(seq) on subject, as store does.
+func (m *memBackend) storeData(subject string, data func(seq uint64) []byte) uint64 {
 	m.mu.Lock()
 	m.lastSeq++
 	seq := m.lastSeq
-	data := envelope("u", fmt.Sprintf("m%d", seq), []byte(fmt.Sprintf("%q", text)))
-	msg := memMsg{seq: seq, subject: subject, frame: encodeStored(seq, int64(seq), data, nil, pushTarget(subject))}
+	msg := memMsg{seq: seq, subject: subject, frame: encodeStored(seq, int64(seq), data(seq), nil, pushTarget(subject))}
 	m.stored = append(m.stored, msg)
 	prev := m.subjLst[subject]
 	m.subjLst[subject] = seq
@@ -333,7 +339,8 @@ func (m *memBackend) PresenceQuery(_ context.Context, q pjs.PresenceQuery) (*pjs
 }
 
 func (m *memBackend) Publish(token uint64, subject, _ string, data []byte, _ traceHeaders) error {
-	seq := m.store(subject, string(data))
+	// data is already the envelope the publisher built.
+	seq := m.storeData(subject, func(uint64) []byte { return data })
 	if m.acks != nil {
 		go m.acks(token, seq, false, nil)
 	}
