@@ -22,6 +22,7 @@ import (
 
 	"github.com/parley-mesh/parley/internal/archive"
 	"github.com/parley-mesh/parley/internal/config"
+	"github.com/parley-mesh/parley/internal/gcpolicy"
 	pjs "github.com/parley-mesh/parley/jetstream"
 )
 
@@ -38,6 +39,7 @@ type options struct {
 	listen  string
 	log     config.Log
 	tracing config.Tracing
+	mem     gcpolicy.Flags
 }
 
 const synopsis = `Usage:
@@ -67,6 +69,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.DurationVar(&c.RetryMax, "retry-max", c.RetryMax, "longest backoff while the store or NATS fails (at least 100ms, the first one)")
 	fs.StringVar(&c.HistorySubject, "history-subject", c.HistorySubject, `NATS subject of the history service ("-": serve none)`)
 	fs.IntVar(&c.HistoryMax, "history-max", c.HistoryMax, "most messages in one history reply")
+	o.mem.Register(fs.FlagSet)
 	o.log.Register(fs.FlagSet)
 	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
@@ -83,6 +86,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		o.checkPairs(),
 		checkHistorySubject(c.HistorySubject),
 		config.Positive("history-max", c.HistoryMax),
+		o.mem.Check(),
 		o.log.SetLogger(&c.Logger),
 		o.tracing.Read(getenv),
 	)
@@ -162,6 +166,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, listeni
 			_, err := pjs.ProvisionArchive(ctx, js, o.archive.Consumer)
 			return err
 		}, "stream", pjs.ChatStream, "consumer", pjs.ArchiveConsumer)
+	}
+	if _, _, err := gcpolicy.Apply(o.mem, getenv, log); err != nil {
+		return err
 	}
 	tp, stopTracing, err := o.tracing.Start(ctx, log, "parley-archiver", "")
 	if err != nil {

@@ -81,6 +81,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{Name: "store", Args: nats("--store", "postgres", "--postgres-dsn", "postgres://db:99999999/x"), Want: []string{"--postgres-dsn"}},
 		{Name: "subject", Args: nats("--history-subject", "a.>"), Want: []string{"--history-subject"}},
 		{Name: "conflict", Args: nats("--batch", "600", "--max-ack-pending", "500"), Want: []string{"--batch", "--max-ack-pending"}},
+		{Name: "size", Args: nats("--memory-limit", "12 parsecs"), Want: []string{"--memory-limit"}},
 		{Name: "conflict", Args: nats("--retry-max", "10ms"), Want: []string{"--retry-max"}},
 		{Name: "conflict", Args: nats("--nats-tls-key", "/dev/null"), Want: []string{"--nats-tls-cert", "--nats-tls-key"}},
 	})

@@ -33,6 +33,7 @@ import (
 	"github.com/parley-mesh/parley/internal/auth"
 	"github.com/parley-mesh/parley/internal/config"
 	"github.com/parley-mesh/parley/internal/edge"
+	"github.com/parley-mesh/parley/internal/gcpolicy"
 	"github.com/parley-mesh/parley/internal/natsrun"
 	"github.com/parley-mesh/parley/internal/reload"
 	pjs "github.com/parley-mesh/parley/jetstream"
@@ -59,6 +60,7 @@ type options struct {
 	cert            *reload.Certificate // the TLS certificate in use (loadTLS)
 	log             config.Log
 	tracing         config.Tracing
+	mem             gcpolicy.Flags
 
 	// hosts and proxies are --allowed-hosts and --trusted-proxies as given.
 	hosts   string
@@ -191,6 +193,7 @@ func (o *options) registerServe(fs *config.Flags) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "grace period of a SIGTERM drain")
 	fs.StringVar(&c.Presence.EdgeID, "edge-id", "", "this edge's name in presence events, unique among live edges, e.g. the pod name (default: edge-<random>)")
 	fs.DurationVar(&c.Presence.Heartbeat, "presence-heartbeat", 2*time.Second, "how often the edge tells presence workers it is alive (keep well under their --edge-timeout)")
+	o.mem.Register(fs.FlagSet)
 }
 
 // checkStream checks the chat stream's settings before NATS sees them:
@@ -258,6 +261,7 @@ func (o *options) checkServe() error {
 		config.Positive("drain-timeout", c.DrainTimeout),
 		checkEdgeID(c.Presence.EdgeID),
 		config.Positive("presence-heartbeat", c.Presence.Heartbeat),
+		o.mem.Check(),
 	); err != nil {
 		return err
 	}
@@ -371,6 +375,12 @@ func runTo(ctx context.Context, args []string, getenv func(string) string, banne
 	}
 	if o.nats.URLs != "" && !o.edge.Auth.Enabled() && !o.edge.Insecure {
 		return config.Usagef("%w: set --jwt-secret/--jwt-public-key/--jwt-jwks-url, or --insecure to accept ?user= (never in production)", edge.ErrNoAuth)
+	}
+	// Every check passed: the memory policy is the first thing set. The dev
+	// mesh's NATS server, presence worker and archiver share the process
+	// and its policy.
+	if _, _, err := gcpolicy.Apply(o.mem, getenv, log); err != nil {
+		return err
 	}
 	// Deferred first, so it runs last: the spans of the drain and of the dev
 	// mesh's workers are flushed too. The dev mesh's presence worker and

@@ -192,6 +192,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{Name: "name", Args: []string{"--edge-id", "edge.1"}, Want: []string{"--edge-id"}},
 		{Name: "enum", Args: []string{"--log-level", "loud"}, Want: []string{"--log-level"}},
 		{Name: "enum", Args: []string{"--log-format", "xml"}, Want: []string{"--log-format"}},
+		{Name: "size", Args: []string{"--memory-limit", "lots"}, Want: []string{"--memory-limit"}},
 		{Name: "file", Args: []string{"--jwt-public-key", filepath.Join(dir, "missing.pem")}, Want: []string{"--jwt-public-key"}},
 		{Name: "file", Args: []string{"--jwt-public-key", garbage}, Want: []string{"--jwt-public-key"}},
 		{Name: "file", Args: append(slices.Clone(nats), "--insecure", "--nats-creds", filepath.Join(dir, "missing.creds")), Want: []string{"--nats-creds"}},

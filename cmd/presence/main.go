@@ -8,6 +8,7 @@ import (
 	"context"
 
 	"github.com/parley-mesh/parley/internal/config"
+	"github.com/parley-mesh/parley/internal/gcpolicy"
 	"github.com/parley-mesh/parley/internal/presence"
 	"github.com/parley-mesh/parley/protocol"
 )
@@ -19,6 +20,7 @@ type options struct {
 	nats     config.NATS
 	log      config.Log
 	tracing  config.Tracing
+	mem      gcpolicy.Flags
 }
 
 const synopsis = `Usage:
@@ -46,6 +48,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 	fs.IntVar(&c.MaxInflight, "max-inflight", c.MaxInflight, "KV writes awaiting their ack")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "wait this long for a KV write's ack")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "edge messages buffered before dropping (repaired by snapshot)")
+	o.mem.Register(fs.FlagSet)
 	o.log.Register(fs.FlagSet)
 	if err := fs.Parse(args, getenv); err != nil {
 		return nil, err
@@ -63,6 +66,7 @@ func parse(args []string, getenv func(string) string) (*options, error) {
 		config.Positive("max-inflight", c.MaxInflight),
 		config.Positive("write-timeout", c.WriteTimeout),
 		config.Positive("max-pending", c.MaxPending),
+		o.mem.Check(),
 		o.log.SetLogger(&c.Logger),
 		o.tracing.Read(getenv),
 	); err != nil {
@@ -86,6 +90,9 @@ func checkID(id string) error {
 func run(ctx context.Context, args []string, getenv func(string) string) error {
 	o, err := parse(args, getenv)
 	if err != nil {
+		return err
+	}
+	if _, _, err := gcpolicy.Apply(o.mem, getenv, o.presence.Logger); err != nil {
 		return err
 	}
 	tp, stopTracing, err := o.tracing.Start(ctx, o.presence.Logger, "parley-presence", o.presence.ID)

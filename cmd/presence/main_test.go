@@ -51,6 +51,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{Name: "name", Args: nats("--id", "a.b"), Want: []string{"--id"}},
 		{Name: "enum", Args: nats("--log-level", "verbose"), Want: []string{"--log-level"}},
 		{Name: "conflict", Args: nats("--lease-ttl", "1s"), Want: []string{"--lease-ttl", "--lease-interval"}},
+		{Name: "size", Args: nats("--memory-limit", "-1GiB"), Want: []string{"--memory-limit"}},
 		{Name: "conflict", Args: nats("--nats-password", "pw"), Want: []string{"--nats-password", "--nats-user"}},
 		{Name: "otel-exporter", Args: nats(), Env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, Want: []string{"OTEL_TRACES_EXPORTER", "otlp"}},
 		{Name: "otel-protocol", Args: nats(), Env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, Want: []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"}},

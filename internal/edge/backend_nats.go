@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,6 +43,8 @@ type natsBackend struct {
 	// full nats.go drops and reports a slow consumer, and gap repair reads
 	// the dropped messages back from the stream.
 	shards *liveShards
+	// confirm coalesces the round trips that confirm new subscriptions.
+	confirm flushGroup
 
 	// Publishing: every publish carries a reply subject under one inbox,
 	// and one subscription receives the stream's acks for all of them. It
@@ -89,11 +92,62 @@ func (b *natsBackend) Subscribe(topic string, deliver func(Delivery)) (func(), e
 	// Wait until the server has the subscription: the caller's next step is
 	// reading the stream's last sequence, and everything stored after that
 	// must arrive here.
-	if err := b.nc.FlushTimeout(5 * time.Second); err != nil {
+	if err := b.confirm.flush(b.nc, 5*time.Second); err != nil {
 		unsubscribe()
 		return nil, fmt.Errorf("%w: subscribe %s: %w", protocol.ErrUnavailable, topic, err)
 	}
 	return unsubscribe, nil
+}
+
+// flushGroup coalesces the NATS round trips that confirm new subscriptions.
+// A connect storm subscribes every connection's user to its DMs and many
+// rooms at once; a flush of its own for each (a PING, a timer, a PONG
+// waited for) made the round trips, not the work, what bounded the connect
+// rate. A caller waits for the first flush that starts after it asked (so
+// after its SUB was written: the server has it when the PONG comes back),
+// and one flush answers everyone who asked while the previous one was in
+// flight. At most one flush is in flight; a caller waits at most two.
+type flushGroup struct {
+	mu      sync.Mutex
+	next    *flushWait // the next flush's callers; nil: none yet
+	running bool       // a goroutine is flushing
+}
+
+type flushWait struct {
+	done chan struct{}
+	err  error
+}
+
+func (g *flushGroup) flush(nc *nats.Conn, timeout time.Duration) error {
+	g.mu.Lock()
+	w := g.next
+	if w == nil {
+		w = &flushWait{done: make(chan struct{})}
+		g.next = w
+	}
+	if !g.running {
+		g.running = true
+		go g.run(nc, timeout)
+	}
+	g.mu.Unlock()
+	<-w.done
+	return w.err
+}
+
+func (g *flushGroup) run(nc *nats.Conn, timeout time.Duration) {
+	for {
+		g.mu.Lock()
+		w := g.next
+		g.next = nil
+		if w == nil {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		w.err = nc.FlushTimeout(timeout)
+		close(w.done)
+	}
 }
 
 // liveHandler is what a topic's live subscription does with each message:

@@ -2,7 +2,6 @@ package edge
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -272,7 +271,7 @@ func (c *Conn) cfSubscribe(id uint32, req *cfp.SubscribeRequest) error {
 	if len(c.rooms) >= c.e.cfg.MaxSubscriptions {
 		return &cfError{code: cfErrLimit, msg: fmt.Sprintf("at most %d subscriptions per connection", c.e.cfg.MaxSubscriptions)}
 	}
-	ctx, cancel := context.WithTimeout(c.lifeCtx(), c.e.cfg.RequestTimeout)
+	ctx, cancel := c.workCtx(c.e.cfg.RequestTimeout)
 	epoch, err := c.e.epoch.get(ctx, c.e.backend)
 	cancel()
 	if err != nil {
@@ -389,7 +388,7 @@ func (c *Conn) cfPresence(id uint32, channel string, stats bool) error {
 		return fmt.Errorf("%w: your token does not allow channel %s", protocol.ErrForbidden, channel)
 	}
 	t := c.e.presence
-	ctx, cancel := context.WithTimeout(c.lifeCtx(), c.e.cfg.RequestTimeout)
+	ctx, cancel := c.workCtx(c.e.cfg.RequestTimeout)
 	defer cancel()
 	r, err := c.e.backend.PresenceQuery(ctx, pjs.PresenceQuery{Room: channel, Limit: t.cfg.MaxUsers})
 	if err != nil {
@@ -426,7 +425,7 @@ func (c *Conn) cfHistory(id uint32, req *cfp.HistoryRequest) error {
 	if limit < 0 || limit > c.e.cfg.MaxHistory {
 		limit = c.e.cfg.MaxHistory
 	}
-	ctx, cancel := context.WithTimeout(c.lifeCtx(), 2*c.e.cfg.RequestTimeout)
+	ctx, cancel := c.workCtx(2 * c.e.cfg.RequestTimeout)
 	defer cancel()
 	epoch, err := c.e.epoch.get(ctx, c.e.backend)
 	if err != nil {

@@ -64,12 +64,14 @@ type Conn struct {
 	// as rooms. An entry stays until unsub or teardown stops it.
 	replays map[string]*replay
 	// life is cancelled when the connection must end (close) or the edge
-	// shuts down: the context of every request and of work that outlives
-	// one, such as a long resume. Made on first use (lifeCtx): most
-	// connections never need one.
+	// shuts down: the parent of every request's context and of work that
+	// outlives one, such as a long resume. It exists only while such work
+	// runs (workCtx counts it in lifeRefs): a child of the edge's context
+	// costs a few hundred bytes, which an idle connection should not keep.
 	lifeMu     sync.Mutex
 	life       context.Context
 	lifeCancel context.CancelFunc
+	lifeRefs   int
 	// personal are the DM and broadcast topics every connection is in.
 	personal []*room
 	// cf is set on a Centrifugo protocol connection (centrifugo.go): its
@@ -186,10 +188,13 @@ func (c *Conn) close(code int, text string) {
 	})
 }
 
-// lifeCtx is the connection's context, cancelled when it must end.
-func (c *Conn) lifeCtx() context.Context {
+// workCtx is a context for work done for the connection (a request, a long
+// resume): it ends when the connection must end, when the edge shuts down,
+// or after timeout (0: no timeout). done must be called when the work ends
+// (more than once is fine); the connection's own context is let go of with
+// the last piece of work.
+func (c *Conn) workCtx(timeout time.Duration) (ctx context.Context, done context.CancelFunc) {
 	c.lifeMu.Lock()
-	defer c.lifeMu.Unlock()
 	if c.life == nil {
 		c.life, c.lifeCancel = context.WithCancel(c.e.ctx)
 		select {
@@ -198,7 +203,27 @@ func (c *Conn) lifeCtx() context.Context {
 		default:
 		}
 	}
-	return c.life
+	c.lifeRefs++
+	life := c.life
+	c.lifeMu.Unlock()
+	var cancel context.CancelFunc
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(life, timeout)
+	} else {
+		ctx, cancel = context.WithCancel(life)
+	}
+	var once sync.Once
+	return ctx, func() {
+		cancel()
+		once.Do(func() {
+			c.lifeMu.Lock()
+			defer c.lifeMu.Unlock()
+			if c.lifeRefs--; c.lifeRefs == 0 {
+				c.lifeCancel()
+				c.life, c.lifeCancel = nil, nil
+			}
+		})
+	}
 }
 
 // serve starts the connection's life after the upgrade: pings, presence,

@@ -55,6 +55,11 @@ func startEdgeOpts(t testing.TB, url string, mutate func(*edge.Config), natsOpts
 
 func token(t *testing.T, user string, ttl time.Duration, grants auth.Grants) string {
 	t.Helper()
+	return tokenTB(t, user, ttl, grants)
+}
+
+func tokenTB(t testing.TB, user string, ttl time.Duration, grants auth.Grants) string {
+	t.Helper()
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, auth.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{Subject: user, ExpiresAt: jwt.NewNumericDate(time.Now().Add(ttl))},
 		Parley:           grants,

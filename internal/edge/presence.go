@@ -348,7 +348,9 @@ func (c *Conn) presence(req *protocol.Request) error {
 		return fmt.Errorf("%w: your token does not allow room %s", protocol.ErrForbidden, req.Room)
 	}
 	t := c.e.presence
-	ctx, span := c.e.startSpan(clientTrace(c.lifeCtx(), req), tracing.SpanPresenceQuery, trace.SpanKindClient,
+	work, done := c.workCtx(0)
+	defer done()
+	ctx, span := c.e.startSpan(clientTrace(work, req), tracing.SpanPresenceQuery, trace.SpanKindClient,
 		tracing.AttrRoom.String(req.Room), tracing.AttrUser.String(c.ident.User))
 	defer span.End()
 	r, err := c.e.backend.PresenceQuery(ctx, pjs.PresenceQuery{Room: req.Room, Limit: t.cfg.MaxUsers})

@@ -112,7 +112,7 @@ func (rp *replay) stop() {
 // acquireReplay took, after the reply (already queued): messages of r after
 // since up to upTo, then the live feed. The member stays syncing until then.
 func (c *Conn) startReplay(r *room, room string, since, upTo uint64, plan *resumePlan) {
-	ctx, cancel := context.WithCancel(c.lifeCtx())
+	ctx, cancel := c.workCtx(0)
 	rp := &replay{cancel: cancel, done: make(chan struct{})}
 	if c.replays == nil {
 		c.replays = make(map[string]*replay)

@@ -77,7 +77,7 @@ func (c *Conn) subscribeRoom(req *protocol.Request, encode subReply) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.lifeCtx(), 2*c.e.cfg.RequestTimeout)
+	ctx, cancel := c.workCtx(2 * c.e.cfg.RequestTimeout)
 	defer cancel()
 	seq, known := r.position()
 	if !known {
@@ -377,7 +377,7 @@ func (c *Conn) history(req *protocol.Request) error {
 	case limit > c.e.cfg.MaxHistory:
 		limit = c.e.cfg.MaxHistory
 	}
-	ctx, cancel := context.WithTimeout(c.lifeCtx(), 2*c.e.cfg.RequestTimeout)
+	ctx, cancel := c.workCtx(2 * c.e.cfg.RequestTimeout)
 	defer cancel()
 	ds, err := c.e.reader.latest(ctx, pjs.RoomSubject(req.Room), req.Before, limit, 0)
 	if err != nil {

@@ -245,11 +245,15 @@ func (r *room) remove(s subscriber) {
 }
 
 // position returns the room's last sequence as the live feed knows it, if
-// it has seen a message since subscribing.
+// it has seen a message since subscribing or a reading of the stream taken
+// after the subscription was in place (learn): every message stored after
+// that reading reaches the room, so a later subscriber told the position
+// misses nothing, and a connect storm into a room already subscribed on
+// this edge costs no stream reading per subscriber.
 func (r *room) position() (uint64, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.lastSeq, r.known
+	return r.lastSeq, r.known || r.based
 }
 
 // learn records a last sequence read from the stream while the live feed has
