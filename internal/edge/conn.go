@@ -84,6 +84,9 @@ type Conn struct {
 	// before the writer starts, then read-only.
 	wsType int
 
+	// The rate limits. pubLimit and pingLimit are made on first use (most
+	// connections never publish or ping: a limiter is ~80 B held per
+	// connection); pubLimit is the handler's, pingLimit the reader's.
 	reqLimit  *rate.Limiter
 	pubLimit  *rate.Limiter
 	pingLimit *rate.Limiter // WebSocket pings from the client
@@ -110,12 +113,11 @@ type Conn struct {
 	pollID    int32
 	pollAdded bool
 	// The token's expiry (refresh.go): closing at exp and the expiring
-	// push before it; a refresh re-arms both.
-	expiryMu      sync.Mutex
-	tokenTimer    *time.Timer
-	expiringTimer *time.Timer
-	frames        chan []byte   // reader → waiting handler (unbuffered)
-	handled       chan struct{} // handler → reader: the frame is done
+	// push before it, on one timer; a refresh re-arms it.
+	expiryMu   sync.Mutex
+	tokenTimer *time.Timer
+	frames     chan []byte   // reader → waiting handler (unbuffered)
+	handled    chan struct{} // handler → reader: the frame is done
 }
 
 func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn {
@@ -129,15 +131,11 @@ func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn
 		out:      newOutbox(cfg.MaxQueuedMsgs, cfg.MaxQueuedBytes, nil),
 		rooms:    make(map[string]*room),
 		reqLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
-		pubLimit: rate.NewLimiter(rate.Limit(cfg.PublishRate), cfg.PublishBurst),
-		// Pings share the request budget's rate: a client pinging faster
-		// than it may send requests is not keeping a connection alive.
-		pingLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
-		closing:   make(chan struct{}),
-		done:      make(chan struct{}),
-		frames:    make(chan []byte),
-		handled:   make(chan struct{}, 1),
-		wsType:    websocket.TextMessage,
+		closing:  make(chan struct{}),
+		done:     make(chan struct{}),
+		frames:   make(chan []byte),
+		handled:  make(chan struct{}, 1),
+		wsType:   websocket.TextMessage,
 	}
 	return c
 }
@@ -237,6 +235,12 @@ func (c *Conn) serve() {
 		// Pings cost the edge a write each: past the request rate they
 		// go unanswered (RFC 6455 §5.5.3 lets a pong answer only the
 		// latest) and count as abuse.
+		if c.pingLimit == nil {
+			// Pings share the request budget's rate: a client pinging
+			// faster than it may send requests is not keeping a
+			// connection alive.
+			c.pingLimit = rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst)
+		}
 		if !c.pingLimit.Allow() {
 			c.strike()
 			return nil

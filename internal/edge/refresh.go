@@ -25,22 +25,36 @@ func (c *Conn) scheduleExpiry(exp time.Time) {
 	if exp.IsZero() {
 		return
 	}
+	// One timer per connection, not two: it fires first for the expiring
+	// push, then is re-armed for the close at exp.
 	left := time.Until(exp)
-	c.tokenTimer = time.AfterFunc(left, func() {
+	var t *time.Timer
+	warned := false
+	t = time.AfterFunc(left-min(expiringLead, left/2), func() {
 		defer c.contain("timer")
+		c.expiryMu.Lock()
+		if c.tokenTimer != t { // re-scheduled or stopped meanwhile
+			c.expiryMu.Unlock()
+			return
+		}
+		if !warned {
+			warned = true
+			t.Reset(time.Until(exp))
+			c.expiryMu.Unlock()
+			b, err := json.Marshal(protocol.Notice{Op: protocol.OpExpiring, Expires: exp.UnixMilli(),
+				Reason: "the token expires soon: send refresh with a new one"})
+			if err == nil {
+				c.deliver(b)
+			}
+			return
+		}
+		c.expiryMu.Unlock()
 		c.close(protocol.CloseTokenExpired, "token expired: reconnect with a fresh token")
 	})
-	c.expiringTimer = time.AfterFunc(left-min(expiringLead, left/2), func() {
-		defer c.contain("timer")
-		b, err := json.Marshal(protocol.Notice{Op: protocol.OpExpiring, Expires: exp.UnixMilli(),
-			Reason: "the token expires soon: send refresh with a new one"})
-		if err == nil {
-			c.deliver(b)
-		}
-	})
+	c.tokenTimer = t
 }
 
-// stopExpiry disarms the token's timers (teardown).
+// stopExpiry disarms the token's timer (teardown).
 func (c *Conn) stopExpiry() {
 	c.expiryMu.Lock()
 	defer c.expiryMu.Unlock()
@@ -51,10 +65,7 @@ func (c *Conn) stopExpiryLocked() {
 	if c.tokenTimer != nil {
 		c.tokenTimer.Stop()
 	}
-	if c.expiringTimer != nil {
-		c.expiringTimer.Stop()
-	}
-	c.tokenTimer, c.expiringTimer = nil, nil
+	c.tokenTimer = nil
 }
 
 // refresh handles "refresh": a new token for the same user replaces the

@@ -8,6 +8,7 @@ import (
 
 	pjs "github.com/parley-mesh/parley/jetstream"
 	"github.com/parley-mesh/parley/protocol"
+	"golang.org/x/time/rate"
 )
 
 const broadcastTopic = pjs.BroadcastSubject
@@ -439,6 +440,9 @@ func (c *Conn) publish(req *protocol.Request) error {
 	}
 	if len(req.Data) == 0 {
 		return fmt.Errorf("%w: data is required", protocol.ErrBadRequest)
+	}
+	if c.pubLimit == nil {
+		c.pubLimit = rate.NewLimiter(rate.Limit(c.e.cfg.PublishRate), c.e.cfg.PublishBurst)
 	}
 	if !c.pubLimit.Allow() {
 		c.strike()

@@ -45,7 +45,10 @@ type room struct {
 	// repair reads the messages of a gap on the live feed from the stream.
 	repair  func(topic string, from, upTo uint64) []Delivery
 	members []*member
-	index   map[subscriber]int
+	// index finds a member in a room of more than indexFrom (nil below:
+	// most rooms, every DM topic, are small, and a map per room cost more
+	// than a scan of a few members).
+	index map[subscriber]int
 
 	// recent is the tail of the room's messages as this edge delivered them,
 	// oldest first, without a hole: every message of the room with a seq
@@ -216,32 +219,67 @@ func (m *member) hold(d Delivery) {
 }
 
 func newRoom(topic string, delivered func(int), repair func(string, uint64, uint64) []Delivery, cache *recentCache) *room {
-	return &room{topic: topic, subscribed: make(chan struct{}), index: make(map[subscriber]int), delivered: delivered, repair: repair, cache: cache}
+	return &room{topic: topic, subscribed: make(chan struct{}), delivered: delivered, repair: repair, cache: cache}
+}
+
+// indexFrom is the room size from which members are found by index.
+const indexFrom = 8
+
+// indexOf finds s among the members (r.mu held).
+func (r *room) indexOf(s subscriber) (int, bool) {
+	if r.index != nil {
+		i, ok := r.index[s]
+		return i, ok
+	}
+	for i, m := range r.members {
+		if m.s == s {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 func (r *room) add(s subscriber, maxPending int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.index[s]; ok {
+	if _, ok := r.indexOf(s); ok {
 		return
 	}
-	r.index[s] = len(r.members)
 	r.members = append(r.members, &member{s: s, syncing: true, maxPending: maxPending})
+	switch {
+	case r.index != nil:
+		r.index[s] = len(r.members) - 1
+	case len(r.members) > indexFrom:
+		r.index = make(map[subscriber]int, len(r.members))
+		for i, m := range r.members {
+			r.index[m.s] = i
+		}
+	}
 }
 
 func (r *room) remove(s subscriber) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, ok := r.index[s]
+	i, ok := r.indexOf(s)
 	if !ok {
 		return
 	}
 	last := len(r.members) - 1
 	r.members[i] = r.members[last]
-	r.index[r.members[i].s] = i
 	r.members[last] = nil
 	r.members = r.members[:last]
-	delete(r.index, s)
+	if r.index != nil {
+		delete(r.index, s)
+		if i < last {
+			r.index[r.members[i].s] = i
+		}
+		if len(r.members) <= indexFrom/2 {
+			r.index = nil // small again: scan
+		}
+	}
+	if len(r.members) == 0 {
+		r.members = nil // an emptied large room lets go of its array
+	}
 }
 
 // position returns the room's last sequence as the live feed knows it, if
@@ -289,7 +327,7 @@ func (r *room) learn(seq uint64) uint64 {
 func (r *room) start(s subscriber, after uint64, frames ...[]byte) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, ok := r.index[s]
+	i, ok := r.indexOf(s)
 	if !ok {
 		return false
 	}
@@ -336,7 +374,7 @@ const (
 func (r *room) handover(s subscriber, through uint64, maxMsgs, maxBytes int) (handoverState, uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, ok := r.index[s]
+	i, ok := r.indexOf(s)
 	if !ok {
 		return handoverGone, through
 	}

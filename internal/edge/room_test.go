@@ -647,3 +647,48 @@ func TestLargeGapIsFilledWhole(t *testing.T) {
 		t.Fatalf("last delivery seq %d, want %d", seq, last)
 	}
 }
+
+// TestRoomMembershipAcrossTheIndexThreshold adds and removes members in a
+// random order across indexFrom both ways (a small room scans, a large one
+// has a map): every member present gets every message once, and nobody
+// who left gets anything.
+func TestRoomMembershipAcrossTheIndexThreshold(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	r := newRoom("chat.room.x", func(int) {}, nil, nil)
+	r.learn(0)
+	subs := make([]*recordingSub, 3*indexFrom)
+	in := map[*recordingSub]bool{}
+	var seq uint64
+	for round := range 400 {
+		s := subs[rng.IntN(len(subs))]
+		if s == nil || !in[s] {
+			if s == nil {
+				s = &recordingSub{}
+				subs[slices.Index(subs, nil)] = s
+			}
+			r.add(s, 10)
+			if !r.start(s, seq) {
+				t.Fatalf("round %d: start of a member failed", round)
+			}
+			in[s] = true
+		} else {
+			r.remove(s)
+			in[s] = false
+		}
+		seq++
+		r.deliver(Delivery{Seq: seq, LastSeq: seq - 1, Frame: fmt.Appendf(nil, "%d", seq)})
+		for _, s := range subs {
+			if s == nil {
+				continue
+			}
+			f := s.snapshot()
+			got := len(f) > 0 && f[len(f)-1] == fmt.Sprint(seq)
+			if got != in[s] {
+				t.Fatalf("round %d (%d members, index %v): member %v got the message: %v", round, len(r.members), r.index != nil, in[s], got)
+			}
+		}
+	}
+	if len(r.members) > indexFrom && r.index == nil || len(r.members) <= indexFrom/2 && r.index != nil {
+		t.Errorf("%d members, index %v", len(r.members), r.index != nil)
+	}
+}

@@ -45,17 +45,20 @@ func (p Percentiles) String() string {
 
 // Result is a run's outcome.
 type Result struct {
-	Spec           Spec           `json:"spec"`
-	Connected      int            `json:"connected"`
-	Subscribed     int            `json:"subscribed"`
-	ConnectSeconds float64        `json:"connect_seconds"`
-	ConnectErrors  map[string]int `json:"errors"`
-	Counts         Counts         `json:"counts"` // during the measured phase (+ settle)
-	Seconds        float64        `json:"seconds"`
-	DeliveredPerS  float64        `json:"delivered_per_s"`
-	AckedPerS      float64        `json:"acked_per_s"`
-	BackendPub     uint64         `json:"backend_published"`
-	BackendErrors  uint64         `json:"backend_errors"`
+	Spec           Spec    `json:"spec"`
+	Connected      int     `json:"connected"`
+	Subscribed     int     `json:"subscribed"`
+	ConnectSeconds float64 `json:"connect_seconds"`
+	// ConnectsPerS is connections established (upgraded, authenticated and
+	// subscribed) per second of the connect phase.
+	ConnectsPerS  float64        `json:"connects_per_s"`
+	ConnectErrors map[string]int `json:"errors"`
+	Counts        Counts         `json:"counts"` // during the measured phase (+ settle)
+	Seconds       float64        `json:"seconds"`
+	DeliveredPerS float64        `json:"delivered_per_s"`
+	AckedPerS     float64        `json:"acked_per_s"`
+	BackendPub    uint64         `json:"backend_published"`
+	BackendErrors uint64         `json:"backend_errors"`
 	// Undelivered counts acked messages some subscriber had not received
 	// when the run ended (2 s after publishing stopped): lost, or still
 	// queued because the edge fell behind.
@@ -69,19 +72,28 @@ type Result struct {
 	CaughtUp     uint64      `json:"caught_up"`
 	Procs        []ProcStats `json:"procs"`
 	ProcsAtReady []ProcStats `json:"procs_at_ready"`
+	// RSSGrowth is each process name's RSS growth over the connect phase.
+	RSSGrowth []RSSGrowth `json:"rss_growth"`
+	// Saturate: every step, the highest one held (nil: none) and why the
+	// ramp stopped.
+	Steps      []StepResult `json:"steps,omitempty"`
+	Held       *StepResult  `json:"held,omitempty"`
+	StopReason string       `json:"stop_reason,omitempty"`
 }
 
 type workerProc struct {
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	mu      sync.Mutex
-	last    report
-	started report
-	stopped report
-	final   *report
-	ready   chan struct{}
-	finaled chan struct{}
-	err     error
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	mu       sync.Mutex
+	last     report
+	started  report
+	stopped  report
+	final    *report
+	readyRep report
+	steps    chan report // step reports, in order
+	ready    chan struct{}
+	finaled  chan struct{}
+	err      error
 }
 
 // Run executes spec with worker processes started from exe (this binary,
@@ -90,8 +102,21 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	if spec.Progress <= 0 {
 		spec.Progress = 5 * time.Second
 	}
+	if spec.Target == "" {
+		spec.Target = TargetParley
+	}
 	if spec.Ramp <= 0 {
-		spec.Ramp = time.Duration(float64(spec.Conns)/spec.Rate*float64(time.Second))*2 + 30*time.Second
+		rate := spec.Rate
+		if rate <= 0 {
+			rate = 500 // unpaced: a slow server's pace
+		}
+		spec.Ramp = time.Duration(float64(spec.Conns)/rate*float64(time.Second))*2 + 30*time.Second
+	}
+	if spec.Scenario == Saturate {
+		spec.saturateDefaults()
+	}
+	if spec.driven() && spec.Grace == 0 {
+		spec.Grace = 2 * time.Second // as the client-package scenarios settle
 	}
 	if spec.Prefix == "" {
 		spec.Prefix = fmt.Sprintf("lg%d-", time.Now().Unix()%100000)
@@ -106,61 +131,23 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	defer cancel()
 	res := &Result{Spec: spec, ConnectErrors: map[string]int{}}
 	smp := newSampler(spec.Procs)
-	smp.sample()
-
-	workers := make([]*workerProc, spec.Workers)
-	per, extra := spec.Conns/spec.Workers, spec.Conns%spec.Workers
-	first := 0
-	for i := range workers {
-		n := per
-		if i < extra {
-			n++
-		}
-		ws := workerSpec{Spec: spec, Index: i, FirstConn: first, NConns: n}
-		first += n
-		wp, err := startWorker(ctx, exe, ws)
-		if err != nil {
-			return nil, err
-		}
-		workers[i] = wp
+	workers, err := startWorkers(ctx, spec, exe, smp)
+	defer stopWorkers(workers)
+	if err != nil {
+		return nil, err
 	}
-	defer func() {
-		for _, wp := range workers {
-			_ = wp.stdin.Close()
-			_ = wp.cmd.Wait()
-		}
-	}()
-
-	// Connect phase.
-	began := time.Now()
 	ticker := time.NewTicker(spec.Progress)
 	defer ticker.Stop()
 	sampleTick := time.NewTicker(time.Second)
 	defer sampleTick.Stop()
-	for _, wp := range workers {
-		for waiting := true; waiting; {
-			select {
-			case <-wp.ready:
-				waiting = false
-			case <-wp.finaled:
-				return nil, fmt.Errorf("worker ended before ready: %v", wp.err)
-			case <-ticker.C:
-				fmt.Fprintf(log, "connecting: %s %d/%d connected\n", time.Since(began).Round(time.Second), total(workers, func(r report) int { return r.Counts.Connected }), spec.Conns)
-			case <-sampleTick.C:
-				smp.sample()
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
+	if err := connectPhase(ctx, spec, workers, smp, res, ticker.C, sampleTick.C, log); err != nil {
+		return nil, err
 	}
-	res.ConnectSeconds = time.Since(began).Seconds()
-	res.Connected = total(workers, func(r report) int { return r.Counts.Connected })
-	res.Subscribed = total(workers, func(r report) int { return r.Counts.Subscribed })
-	smp.sample()
-	res.ProcsAtReady = smp.result()
-	fmt.Fprintf(log, "connected %d of %d in %.1fs (%d subscribed)\n", res.Connected, spec.Conns, res.ConnectSeconds, res.Subscribed)
-	for _, p := range res.ProcsAtReady {
-		fmt.Fprintf(log, "  %s\n", p)
+	if spec.driven() {
+		if err := runDriven(ctx, spec, workers, smp, res, ticker.C, sampleTick.C, log); err != nil {
+			return nil, err
+		}
+		return res, nil
 	}
 
 	// Measured phase.
@@ -222,6 +209,131 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	return res, aggregate(res, workers, acked)
 }
 
+// startWorkers samples the processes once (their RSS before the run) and
+// starts the worker processes, each with its share of the connections.
+func startWorkers(ctx context.Context, spec Spec, exe string, smp *sampler) ([]*workerProc, error) {
+	smp.sample()
+	workers := make([]*workerProc, 0, spec.Workers)
+	per, extra := spec.Conns/spec.Workers, spec.Conns%spec.Workers
+	first := 0
+	for i := range spec.Workers {
+		n := per
+		if i < extra {
+			n++
+		}
+		ws := workerSpec{Spec: spec, Index: i, FirstConn: first, NConns: n}
+		first += n
+		wp, err := startWorker(ctx, exe, ws)
+		if err != nil {
+			return workers, err
+		}
+		smp.exclude[wp.cmd.Process.Pid] = true
+		workers = append(workers, wp)
+	}
+	return workers, nil
+}
+
+func stopWorkers(workers []*workerProc) {
+	for _, wp := range workers {
+		_ = wp.stdin.Close()
+		_ = wp.cmd.Wait()
+	}
+}
+
+// connectPhase waits for every worker to have opened its connections, and
+// records the connect rate and the sampled processes' RSS growth.
+func connectPhase(ctx context.Context, spec Spec, workers []*workerProc, smp *sampler, res *Result, ticker, sampleTick <-chan time.Time, log io.Writer) error {
+	began := time.Now()
+	for _, wp := range workers {
+		for waiting := true; waiting; {
+			select {
+			case <-wp.ready:
+				waiting = false
+			case <-wp.finaled:
+				return fmt.Errorf("worker ended before ready: %v", wp.err)
+			case <-ticker:
+				fmt.Fprintf(log, "connecting: %s %d/%d connected\n", time.Since(began).Round(time.Second), total(workers, func(r report) int { return r.Counts.Connected }), spec.Conns)
+			case <-sampleTick:
+				smp.sample()
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	res.ConnectSeconds = time.Since(began).Seconds()
+	// The connect phase proper: from the first worker's first dial to the
+	// last worker's last subscription (worker start-up not counted).
+	var first, last int64
+	for _, wp := range workers {
+		wp.mu.Lock()
+		r := wp.readyRep
+		wp.mu.Unlock()
+		if r.ConnStart > 0 && (first == 0 || r.ConnStart < first) {
+			first = r.ConnStart
+		}
+		last = max(last, r.ConnEnd)
+	}
+	if first > 0 && last > first {
+		res.ConnectSeconds = float64(last-first) / 1e9
+	}
+	res.Connected = total(workers, func(r report) int { return r.Counts.Connected })
+	res.Subscribed = total(workers, func(r report) int { return r.Counts.Subscribed })
+	established := res.Subscribed
+	if spec.Scenario == Publish {
+		established = res.Connected // publishers do not subscribe
+	}
+	if res.ConnectSeconds > 0 {
+		res.ConnectsPerS = float64(established) / res.ConnectSeconds
+	}
+	smp.sample()
+	res.ProcsAtReady = smp.result()
+	res.RSSGrowth = rssGrowth(res.ProcsAtReady, established)
+	fmt.Fprintf(log, "connected %d of %d in %.1fs (%d subscribed, %.0f/s)\n", res.Connected, spec.Conns, res.ConnectSeconds, res.Subscribed, res.ConnectsPerS)
+	for _, p := range res.ProcsAtReady {
+		fmt.Fprintf(log, "  %s\n", p)
+	}
+	return nil
+}
+
+// RSSGrowth is what the processes of one name grew by over the connect
+// phase, in all and per connection established.
+type RSSGrowth struct {
+	Name        string  `json:"name"`
+	Procs       int     `json:"procs"`
+	BeforeBytes int64   `json:"before_bytes"`
+	AfterBytes  int64   `json:"after_bytes"`
+	KiBPerConn  float64 `json:"kib_per_conn"`
+}
+
+func rssGrowth(procs []ProcStats, conns int) []RSSGrowth {
+	by := map[string]*RSSGrowth{}
+	var names []string
+	for _, p := range procs {
+		if p.RSSLast == 0 {
+			continue // gone
+		}
+		g := by[p.Name]
+		if g == nil {
+			g = &RSSGrowth{Name: p.Name}
+			by[p.Name] = g
+			names = append(names, p.Name)
+		}
+		g.Procs++
+		g.BeforeBytes += p.RSSFirst
+		g.AfterBytes += p.RSSLast
+	}
+	slices.Sort(names)
+	out := make([]RSSGrowth, 0, len(names))
+	for _, n := range names {
+		g := by[n]
+		if conns > 0 {
+			g.KiBPerConn = float64(g.AfterBytes-g.BeforeBytes) / 1024 / float64(conns)
+		}
+		out = append(out, *g)
+	}
+	return out
+}
+
 func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) error {
 	hist, pubHist, resume, catchUp := newHist(), newHist(), newHist(), newHist()
 	var startC, stopC, fin Counts
@@ -279,9 +391,17 @@ func aggregate(res *Result, workers []*workerProc, acked map[string][]uint64) er
 // Print writes the human summary.
 func (r *Result) Print(w io.Writer) {
 	s := r.Spec
-	fmt.Fprintf(w, "\n== %s: %d connections (%d workers, %d edges URLs, %d source addresses), %d rooms, %s measured\n",
-		s.Scenario, s.Conns, s.Workers, len(s.URLs), s.Sources, s.Rooms, time.Duration(r.Seconds*float64(time.Second)).Round(time.Second))
-	fmt.Fprintf(w, "connected   %d (%d subscribed) in %.1fs\n", r.Connected, r.Subscribed, r.ConnectSeconds)
+	target := s.Target
+	if target == "" {
+		target = TargetParley
+	}
+	fmt.Fprintf(w, "\n== %s on %s: %d connections (%d workers, %d URLs, %d source addresses), %d rooms, %s measured\n",
+		s.Scenario, target, s.Conns, s.Workers, len(s.URLs), s.Sources, s.Rooms, time.Duration(r.Seconds*float64(time.Second)).Round(time.Second))
+	fmt.Fprintf(w, "connected   %d (%d subscribed) in %.2fs = %.0f connects/s\n", r.Connected, r.Subscribed, r.ConnectSeconds, r.ConnectsPerS)
+	for _, g := range r.RSSGrowth {
+		fmt.Fprintf(w, "rss growth  %s: %d process(es), %.1f → %.1f MiB over the connect phase = %.2f KiB per connection\n",
+			g.Name, g.Procs, float64(g.BeforeBytes)/(1<<20), float64(g.AfterBytes)/(1<<20), g.KiBPerConn)
+	}
 	if len(r.ConnectErrors) > 0 {
 		keys := make([]string, 0, len(r.ConnectErrors))
 		for k := range r.ConnectErrors {
@@ -294,7 +414,11 @@ func (r *Result) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "errors      %s\n", strings.Join(parts, " "))
 	}
-	fmt.Fprintf(w, "delivered   %d (%.0f/s)   undelivered at the end %d   duplicates %d   out of order %d\n", r.Counts.Delivered, r.DeliveredPerS, r.Undelivered, r.Counts.Dups, r.Counts.Disorder)
+	if s.Scenario == Saturate {
+		r.printSteps(w)
+	} else {
+		fmt.Fprintf(w, "delivered   %d (%.0f/s)   undelivered at the end %d   duplicates %d   out of order %d\n", r.Counts.Delivered, r.DeliveredPerS, r.Undelivered, r.Counts.Dups, r.Counts.Disorder)
+	}
 	if r.BackendPub > 0 {
 		fmt.Fprintf(w, "backend     %d published (%d errors)\n", r.BackendPub, r.BackendErrors)
 	}
@@ -302,7 +426,9 @@ func (r *Result) Print(w io.Writer) {
 		fmt.Fprintf(w, "publishes   %d sent, %d acked (%.0f/s), %d errors\n", r.Counts.Published, r.Counts.Acked, r.AckedPerS, r.Counts.PubErrors)
 		fmt.Fprintf(w, "ack latency %s\n", r.PubLatency)
 	}
-	fmt.Fprintf(w, "latency     %s\n", r.Latency)
+	if s.Scenario != Saturate {
+		fmt.Fprintf(w, "latency     %s\n", r.Latency)
+	}
 	if r.Counts.Resumed > 0 || s.Scenario == Reconnect {
 		fmt.Fprintf(w, "resumed     %d (not recovered %d, dropped %d), resume latency %s\n", r.Counts.Resumed, r.Counts.NotRecovered, r.Counts.Dropped, r.Resume)
 		if s.Backlog > 0 {
@@ -355,7 +481,7 @@ func startWorker(ctx context.Context, exe string, ws workerSpec) (*workerProc, e
 	if _, err := stdin.Write(append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("send spec: %w", err)
 	}
-	wp := &workerProc{cmd: cmd, stdin: stdin, ready: make(chan struct{}), finaled: make(chan struct{})}
+	wp := &workerProc{cmd: cmd, stdin: stdin, steps: make(chan report, maxSteps), ready: make(chan struct{}), finaled: make(chan struct{})}
 	go func() {
 		defer close(wp.finaled)
 		sc := bufio.NewScanner(stdout)
@@ -371,7 +497,13 @@ func startWorker(ctx context.Context, exe string, ws workerSpec) (*workerProc, e
 			wp.last = r
 			switch r.Type {
 			case "ready":
+				wp.readyRep = r
 				readyOnce.Do(func() { close(wp.ready) })
+			case "step":
+				select {
+				case wp.steps <- r:
+				default: // more than the coordinator asked for
+				}
 			case "started":
 				wp.started = r
 			case "stopped":

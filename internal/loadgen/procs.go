@@ -12,14 +12,15 @@ import (
 
 // ProcStats is what one sampled process used during a run.
 type ProcStats struct {
-	PID     int     `json:"pid"`
-	Name    string  `json:"name"`
-	RSSMax  int64   `json:"rss_max_bytes"`
-	RSSLast int64   `json:"rss_last_bytes"`
-	CPU     float64 `json:"cpu_seconds"`     // during the sampled period
-	CPUPct  float64 `json:"cpu_percent_avg"` // of one core, over the sampled period
-	Threads int     `json:"threads"`
-	FDs     int     `json:"fds"`
+	PID      int     `json:"pid"`
+	Name     string  `json:"name"`
+	RSSFirst int64   `json:"rss_first_bytes"` // at the first sample (before the run, for a process that was there)
+	RSSMax   int64   `json:"rss_max_bytes"`
+	RSSLast  int64   `json:"rss_last_bytes"`
+	CPU      float64 `json:"cpu_seconds"`     // during the sampled period
+	CPUPct   float64 `json:"cpu_percent_avg"` // of one core, over the sampled period
+	Threads  int     `json:"threads"`
+	FDs      int     `json:"fds"`
 
 	cpuStart float64
 	began    time.Time
@@ -27,12 +28,13 @@ type ProcStats struct {
 
 // sampler follows processes by name (their /proc comm) across a run.
 type sampler struct {
-	names []string
-	procs map[int]*ProcStats
+	names   []string
+	procs   map[int]*ProcStats
+	exclude map[int]bool // the load tool's own workers
 }
 
 func newSampler(names []string) *sampler {
-	return &sampler{names: names, procs: map[int]*ProcStats{}}
+	return &sampler{names: names, procs: map[int]*ProcStats{}, exclude: map[int]bool{}}
 }
 
 var clockTicks = 100.0 // USER_HZ; 100 on Linux everywhere that matters
@@ -44,7 +46,7 @@ func (s *sampler) sample() {
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(filepath.Base(d))
-		if err != nil {
+		if err != nil || s.exclude[pid] {
 			continue
 		}
 		comm, err := os.ReadFile(d + "/comm")
@@ -59,7 +61,7 @@ func (s *sampler) sample() {
 		cpu := readCPU(d + "/stat")
 		p := s.procs[pid]
 		if p == nil {
-			p = &ProcStats{PID: pid, Name: name, cpuStart: cpu, began: time.Now()}
+			p = &ProcStats{PID: pid, Name: name, RSSFirst: rss, cpuStart: cpu, began: time.Now()}
 			s.procs[pid] = p
 		}
 		p.RSSLast = rss

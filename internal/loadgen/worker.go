@@ -49,6 +49,13 @@ type worker struct {
 	ackedSeqs map[string][]uint64 // room → acked seqs of this worker's publishes
 
 	conns []*conn
+
+	// Driven runs (driven.go).
+	drv                driver
+	dconns             []*dconn
+	drooms             []*droom
+	stepHists          map[int]*hdrhistogram.Histogram // by step, under histMu
+	connStart, connEnd int64                           // the connect phase, Unix ns
 }
 
 type conn struct {
@@ -91,6 +98,9 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 			control <- strings.TrimSpace(l)
 		}
 	}()
+	if w.spec.driven() {
+		return w.runDriven(ctx, control)
+	}
 	progress := time.NewTicker(w.spec.Progress)
 	defer progress.Stop()
 	connecting := make(chan struct{})
@@ -104,9 +114,11 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 			}
 		}
 	}()
+	w.connStart = time.Now().UnixNano()
 	w.connectAll(ctx)
+	w.connEnd = time.Now().UnixNano()
 	close(connecting)
-	w.send(report{Type: "ready"})
+	w.send(report{Type: "ready", ConnStart: w.connStart, ConnEnd: w.connEnd})
 	// Wait for start.
 	for started := false; !started; {
 		select {
@@ -185,32 +197,9 @@ func (w *worker) connectAll(ctx context.Context) {
 }
 
 // paced runs do for every connection that want accepts, at the worker's
-// share of the connect rate and with at most 256 handshakes in flight, and
-// waits for them.
+// share of the connect rate (see pace), and waits for them.
 func (w *worker) paced(ctx context.Context, want func(*conn) bool, do func(*conn)) {
-	rate := w.spec.Rate / float64(w.spec.Workers)
-	tick := time.NewTicker(max(time.Duration(float64(time.Second)/rate), time.Microsecond))
-	defer tick.Stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	sem := make(chan struct{}, 256)
-	for _, cn := range w.conns {
-		if !want(cn) {
-			continue
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			do(cn)
-		}()
-	}
+	pace(ctx, &w.spec, len(w.conns), func(k int) bool { return want(w.conns[k]) }, func(k int) { do(w.conns[k]) })
 }
 
 func (w *worker) dialOpts(i int) []client.Option {
