@@ -195,16 +195,8 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	smp.sample()
 	res.Procs = smp.result()
 
-	timeout := time.After(2 * time.Minute)
-	for _, wp := range workers {
-		select {
-		case <-wp.finaled:
-		case <-timeout:
-			return nil, errors.New("workers did not report within 2 minutes")
-		}
-		if wp.final == nil {
-			return nil, fmt.Errorf("worker failed: %v", wp.err)
-		}
+	if err := awaitFinals(workers); err != nil {
+		return nil, err
 	}
 	return res, aggregate(res, workers, acked)
 }

@@ -283,20 +283,31 @@ func finish(workers []*workerProc) ([]report, error) {
 	for _, wp := range workers {
 		fmt.Fprintln(wp.stdin, "stop")
 	}
-	timeout := time.After(2 * time.Minute)
+	if err := awaitFinals(workers); err != nil {
+		return nil, err
+	}
 	out := make([]report, 0, len(workers))
+	for _, wp := range workers {
+		out = append(out, *wp.final)
+	}
+	return out, nil
+}
+
+// awaitFinals waits (at most 2 minutes in all) for every worker's final
+// report; a worker that ended without one is an error.
+func awaitFinals(workers []*workerProc) error {
+	timeout := time.After(2 * time.Minute)
 	for _, wp := range workers {
 		select {
 		case <-wp.finaled:
 		case <-timeout:
-			return nil, errors.New("workers did not report within 2 minutes")
+			return errors.New("workers did not report within 2 minutes")
 		}
 		if wp.final == nil {
-			return nil, fmt.Errorf("worker failed: %v", wp.err)
+			return fmt.Errorf("worker failed: %v", wp.err)
 		}
-		out = append(out, *wp.final)
 	}
-	return out, nil
+	return nil
 }
 
 // stepOf puts the workers' reports of a step beside what was published.

@@ -65,17 +65,7 @@ func (w *worker) runDriven(ctx context.Context, control <-chan string) error {
 	}
 	progress := time.NewTicker(s.Progress)
 	defer progress.Stop()
-	connecting := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-progress.C:
-				w.send(report{Type: "progress"})
-			case <-connecting:
-				return
-			}
-		}
-	}()
+	connected := w.progressWhileConnecting(progress)
 	deadline := time.Now().Add(s.Ramp)
 	w.connStart = time.Now().UnixNano()
 	pace(ctx, &w.spec, len(w.dconns), func(int) bool {
@@ -86,7 +76,7 @@ func (w *worker) runDriven(ctx context.Context, control <-chan string) error {
 		return true
 	}, func(k int) { w.openDriven(ctx, w.dconns[k]) })
 	w.connEnd = time.Now().UnixNano()
-	close(connecting)
+	connected()
 	w.send(report{Type: "ready", ConnStart: w.connStart, ConnEnd: w.connEnd})
 	defer func() {
 		for _, cn := range w.dconns {

@@ -103,21 +103,11 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 	}
 	progress := time.NewTicker(w.spec.Progress)
 	defer progress.Stop()
-	connecting := make(chan struct{})
-	go func() { // progress while connecting
-		for {
-			select {
-			case <-progress.C:
-				w.send(report{Type: "progress"})
-			case <-connecting:
-				return
-			}
-		}
-	}()
+	connected := w.progressWhileConnecting(progress)
 	w.connStart = time.Now().UnixNano()
 	w.connectAll(ctx)
 	w.connEnd = time.Now().UnixNano()
-	close(connecting)
+	connected()
 	w.send(report{Type: "ready", ConnStart: w.connStart, ConnEnd: w.connEnd})
 	// Wait for start.
 	for started := false; !started; {
@@ -154,6 +144,24 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 	// Let deliveries of the last acked publishes arrive.
 	time.Sleep(2 * time.Second)
 	return w.finish()
+}
+
+// progressWhileConnecting sends a progress report at every tick of
+// progress until the returned func is called (the caller's loop reads the
+// ticker from then on).
+func (w *worker) progressWhileConnecting(progress *time.Ticker) (connected func()) {
+	connecting := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-progress.C:
+				w.send(report{Type: "progress"})
+			case <-connecting:
+				return
+			}
+		}
+	}()
+	return func() { close(connecting) }
 }
 
 func (w *worker) send(r report) {
