@@ -39,6 +39,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/parley-mesh/parley/internal/config"
+	"github.com/parley-mesh/parley/internal/gcpolicy"
 )
 
 const (
@@ -772,6 +773,7 @@ func TestTemplateRefusesUnsafeValues(t *testing.T) {
 		{"postgres without a DSN", "archiver: {store: {driver: postgres}}", "existingSecret"},
 		{"jwt secret without key", "jwt: {existingSecret: jwt}", "jwt.secretKey"},
 		{"jwt secret too short", "jwt: {secret: short}", "minLength"},
+		{"memory limit not a size", "edge: {memoryLimit: lots}", "memoryLimit"},
 		{"jwt inline and existing", "jwt: {existingSecret: jwt, secretKey: k, secret: s3cret-s3cret-s3cret-s3cret-s3cret}", "not both"},
 		{"nats user without password", "nats: {user: edge}", "password"},
 		{"half mutual TLS", "nats: {tls: {existingSecret: t, certKey: tls.crt}}", "both"},
@@ -793,7 +795,7 @@ func TestTemplateRefusesUnsafeValues(t *testing.T) {
 
 // flagsOf lists the flags a command registers, read from its source: calls
 // fs.String/Int/…/Var(&x, "name", …), and Register(fs) on a field of type
-// config.NATS or config.Log (the flags every binary shares).
+// config.NATS, config.Log or gcpolicy.Flags (the flags every binary shares).
 func flagsOf(t *testing.T, dir string) (names []string, ok bool) {
 	t.Helper()
 	fset := token.NewFileSet()
@@ -840,8 +842,9 @@ func flagsOf(t *testing.T, dir string) (names []string, ok bool) {
 		})
 	}
 	shared := map[string]func(*flag.FlagSet){
-		"config.NATS": func(fs *flag.FlagSet) { (&config.NATS{}).Register(fs) },
-		"config.Log":  func(fs *flag.FlagSet) { (&config.Log{}).Register(fs) },
+		"config.NATS":    func(fs *flag.FlagSet) { (&config.NATS{}).Register(fs) },
+		"config.Log":     func(fs *flag.FlagSet) { (&config.Log{}).Register(fs) },
+		"gcpolicy.Flags": func(fs *flag.FlagSet) { (&gcpolicy.Flags{}).Register(fs) },
 	}
 	seen := map[string]bool{}
 	for _, f := range files {

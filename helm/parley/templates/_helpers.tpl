@@ -196,6 +196,7 @@ Settings every component shares: HTTP listener, NATS URL and auth, logging.
   "PARLEY_NATS_USER" $n.user
   "PARLEY_LOG_LEVEL" (default $root.Values.log.level $c.log.level)
   "PARLEY_LOG_FORMAT" (default $root.Values.log.format $c.log.format)
+  "PARLEY_MEMORY_LIMIT" $c.memoryLimit
 -}}
 {{- $creds := ternary $c.natsCreds $n.creds (ne "" $c.natsCreds.existingSecret) -}}
 {{- if $creds.existingSecret }}
