@@ -266,6 +266,7 @@ type Edge struct {
 	presence *presenceTracker
 
 	listener net.Listener
+	front    *front // the upgrade path of a plain-TCP listener (nil with TLS)
 	server   *http.Server
 	serveErr chan error
 
@@ -437,11 +438,17 @@ func (e *Edge) Start(ctx context.Context) error {
 	if e.cfg.TLS != nil {
 		ln = tls.NewListener(ln, e.cfg.TLS)
 	}
-	e.listener = ln
 	e.admit.usersGauge, e.admit.addrsGauge = e.metrics.ConnectedUsers, e.metrics.ConnectedAddrs
+	handler := e.guardHost(e.Handler())
+	if e.cfg.TLS == nil {
+		// WebSocket upgrades skip net/http (front.go).
+		e.front = newFront(ln, handler, headerTimeout, maxHeaderBytes, e.log, "GET /ws", "GET /connection/websocket")
+		ln = e.front
+	}
+	e.listener = ln
 	e.server = &http.Server{
-		Handler:           e.guardHost(e.Handler()),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           handler,
+		ReadHeaderTimeout: headerTimeout,
 		// The timeouts below are for plain HTTP (probes, scrapes, pprof).
 		// They cannot cut a WebSocket short: Hijack clears the connection's
 		// deadlines, and from then on the edge sets its own (ReadTimeout,
@@ -453,16 +460,23 @@ func (e *Edge) Start(ctx context.Context) error {
 		WriteTimeout: 2 * time.Minute,
 		// Without it an idle keep-alive connection is held for ever, and
 		// outside --max-connections.
-		IdleTimeout: e.cfg.HTTPIdleTimeout,
-		// Headers carry at most a JWT and a few cookies; the default
-		// (1 MiB) lets every connection park that much.
-		MaxHeaderBytes: 64 << 10,
+		IdleTimeout:    e.cfg.HTTPIdleTimeout,
+		MaxHeaderBytes: maxHeaderBytes,
 	}
 	go func() { e.serveErr <- e.server.Serve(ln) }()
 	e.started.Store(true)
 	e.log.Info("edge listening", "addr", ln.Addr().String(), "insecure", e.cfg.Insecure, "tls", e.cfg.TLS != nil)
 	return nil
 }
+
+// The HTTP request limits, the same on net/http's path and front's: a
+// header may take headerTimeout to arrive, and carries at most a JWT and a
+// few cookies (net/http's default, 1 MiB, lets every connection park that
+// much).
+const (
+	headerTimeout  = 10 * time.Second
+	maxHeaderBytes = 64 << 10
+)
 
 // Addr is the bound HTTP address (after Start).
 func (e *Edge) Addr() string { return e.listener.Addr().String() }
@@ -497,7 +511,14 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	e.log.Info("draining", "connections", e.connCount())
 	// No new connections: the listener closes; /readyz already says 503.
 	shutdownErr := make(chan error, 1)
-	go func() { shutdownErr <- e.server.Shutdown(ctx) }()
+	go func() {
+		err := e.server.Shutdown(ctx)
+		if e.front != nil {
+			// Upgrades read by front are not net/http's to wait for.
+			err = errors.Join(err, e.front.wait(ctx))
+		}
+		shutdownErr <- err
+	}()
 
 	conns := e.snapshot()
 	for _, c := range conns {

@@ -14,8 +14,22 @@
 //
 // so a heap under Floor collects as with the default, and a large one gets
 // MinPercent (25 %) headroom: the memory an idle connection costs is then
-// about 1.25 times what it keeps live. A process with GOGC in its
-// environment is not tuned: GOGC is the operator's.
+// about 1.25 times what it keeps live. Two phases get something else:
+//
+//   - Growing: a collection that finds the live heap grown by more than
+//     Growth since the one before (a connect storm: most of what a connect
+//     allocates stays) sets GOGC 100. Lean headroom there buys nothing, as
+//     the heap is filling with state that stays anyway, and costs a
+//     collection for every few percent of growth (a third of a storm's CPU).
+//   - Quiet: once the process allocates little (under a hundredth of its
+//     live heap per second, for QuietFor) while much more than it keeps
+//     live is garbage or free pages (an eighth of the live heap, at least
+//     Floor: what a storm left behind), it collects and returns the free
+//     memory to the system at once, instead of the runtime's slow
+//     scavenging. Idle connections then cost about what they keep live.
+//
+// A process with GOGC in its environment is not tuned: GOGC is the
+// operator's.
 //
 // A memory limit is a second, independent knob: --memory-limit, or by
 // default 90 % of the container's cgroup limit when there is one, becomes
@@ -36,25 +50,58 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/parley-mesh/parley/internal/config"
 )
 
 // Policy bounds. Floor is the headroom a heap always has; MinPercent the
-// least GOGC the tuner sets.
+// least GOGC the tuner sets; Growth the live heap's growth from one
+// collection to the next that counts as growing; QuietFor how long a
+// process must allocate little before its free memory is returned.
 const (
 	Floor      = 16 << 20
 	MinPercent = 25
 	maxPercent = 100
+	Growth     = 0.05
+	QuietFor   = 2 * time.Second
 )
 
-// Percent is the GOGC the policy gives a heap with live bytes live.
-func Percent(live uint64) int {
+// Percent is the GOGC the policy gives a heap in which the last collection
+// found live bytes live and the one before it prev.
+func Percent(live, prev uint64) int {
 	if live == 0 {
+		return maxPercent
+	}
+	if prev > 0 && float64(live) > float64(prev)*(1+Growth) {
 		return maxPercent
 	}
 	p := math.Ceil(100 * float64(Floor) / float64(live))
 	return int(min(max(p, MinPercent), maxPercent))
+}
+
+// heapStats is what the quiet check reads, in bytes.
+type heapStats struct {
+	allocs  uint64 // allocated since the process started
+	sinceGC uint64 // of which since the last collection
+	live    uint64 // live at the last collection
+	free    uint64 // free pages not yet returned to the system
+}
+
+// reclaimable estimates what a collection and a release would give back:
+// the free pages, and what was allocated since the last collection (a
+// storm's garbage; an upper bound, as some of it stays live).
+func (h heapStats) reclaimable() uint64 { return h.sinceGC + h.free }
+
+// quiet reports whether a process that allocated rate bytes per second
+// since the last check allocates little for its live heap.
+func quiet(h heapStats, rate float64) bool {
+	return rate < max(float64(h.live)/100, 1<<20)
+}
+
+// worthReleasing reports whether enough is reclaimable to collect for.
+func worthReleasing(h heapStats) bool {
+	return h.reclaimable() > max(Floor, h.live/8)
 }
 
 // Flags are the memory flags every binary takes.
@@ -181,7 +228,7 @@ func Apply(f Flags, getenv func(string) string, log *slog.Logger) (a Applied, st
 	stop = func() {}
 	if getenv("GOGC") == "" {
 		a.Tuned = true
-		stop = startTuner()
+		stop = startTuner(time.Second, log)
 	}
 	if log != nil {
 		log.Info("memory policy", "gogc_tuned", a.Tuned, "gogc_floor_bytes", Floor, "gogc_min_percent", MinPercent,
@@ -190,13 +237,19 @@ func Apply(f Flags, getenv func(string) string, log *slog.Logger) (a Applied, st
 	return a, stop, nil
 }
 
-// tuner re-sets GOGC after every collection: a finalizer on an unreachable
-// sentinel runs once per GC cycle and re-arms itself. There is one per
-// process, as there is one GOGC (running is it).
+// tuner re-sets GOGC after every collection (a finalizer on an unreachable
+// sentinel runs once per GC cycle and re-arms itself) and watches for quiet
+// (a ticker). There is one per process, as there is one GOGC (running is
+// it).
 type tuner struct {
-	stopped bool // under runningMu
-	percent int
-	sample  []metrics.Sample
+	stopped  bool // under runningMu
+	percent  int
+	prevLive uint64
+	gcAllocs uint64 // allocated bytes when the last collection ended
+	sample   []metrics.Sample
+	releases int // under runningMu: quiet releases done (tests)
+	log      *slog.Logger
+	done     chan struct{}
 }
 
 type sentinel struct{ t *tuner }
@@ -206,22 +259,26 @@ var (
 	running   *tuner
 )
 
-// startTuner starts the process's tuner, unless it runs already; stop ends
-// the one it started.
-func startTuner() (stop func()) {
+// startTuner starts the process's tuner, checking for quiet every tick,
+// unless it runs already; stop ends the one it started.
+func startTuner(tick time.Duration, log *slog.Logger) (stop func()) {
 	runningMu.Lock()
 	defer runningMu.Unlock()
 	if running != nil {
 		return func() {}
 	}
-	t := &tuner{percent: -1, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	t := &tuner{percent: -1, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}, log: log, done: make(chan struct{})}
 	running = t
 	t.adjustLocked() // from the start, not only after the first collection
 	runtime.SetFinalizer(&sentinel{t: t}, onCollected)
+	go t.watch(tick)
 	return func() {
 		runningMu.Lock()
 		defer runningMu.Unlock()
-		t.stopped = true
+		if !t.stopped {
+			t.stopped = true
+			close(t.done)
+		}
 		if running == t {
 			running = nil
 		}
@@ -251,8 +308,74 @@ func (t *tuner) adjustLocked() {
 	if t.sample[0].Value.Kind() == metrics.KindUint64 {
 		live = t.sample[0].Value.Uint64()
 	}
-	if p := Percent(live); p != t.percent {
+	if t.sample[1].Value.Kind() == metrics.KindUint64 {
+		t.gcAllocs = t.sample[1].Value.Uint64()
+	}
+	p := Percent(live, t.prevLive)
+	t.prevLive = live
+	if p != t.percent {
 		debug.SetGCPercent(p)
 		t.percent = p
+	}
+}
+
+// watch returns free memory to the system once the process has been quiet
+// for QuietFor: a collection, then every free page released
+// (debug.FreeOSMemory), at most once per quiet spell unless garbage builds
+// up again.
+func (t *tuner) watch(tick time.Duration) {
+	samples := []metrics.Sample{
+		{Name: "/gc/heap/allocs:bytes"},
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+	}
+	read := func() heapStats {
+		metrics.Read(samples)
+		v := func(i int) uint64 {
+			if samples[i].Value.Kind() == metrics.KindUint64 {
+				return samples[i].Value.Uint64()
+			}
+			return 0
+		}
+		h := heapStats{allocs: v(0), live: v(1), free: v(2)}
+		runningMu.Lock()
+		h.sinceGC = h.allocs - min(t.gcAllocs, h.allocs)
+		runningMu.Unlock()
+		return h
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	last, lastAt := read(), time.Now()
+	var quietSince time.Time
+	for {
+		select {
+		case <-t.done:
+			return
+		case now := <-ticker.C:
+			h := read()
+			rate := float64(h.allocs-last.allocs) / now.Sub(lastAt).Seconds()
+			last, lastAt = h, now
+			if !quiet(h, rate) {
+				quietSince = time.Time{}
+				continue
+			}
+			if quietSince.IsZero() {
+				quietSince = now
+			}
+			if now.Sub(quietSince) < QuietFor || !worthReleasing(h) {
+				continue
+			}
+			start := time.Now()
+			debug.FreeOSMemory()
+			after := read()
+			last, lastAt = after, time.Now()
+			runningMu.Lock()
+			t.releases++
+			runningMu.Unlock()
+			if t.log != nil {
+				t.log.Debug("memory released while quiet", "reclaimable_bytes", h.reclaimable(),
+					"live_bytes", after.live, "took", time.Since(start))
+			}
+		}
 	}
 }

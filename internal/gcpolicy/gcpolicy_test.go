@@ -13,22 +13,104 @@ import (
 
 func TestPercent(t *testing.T) {
 	for _, c := range []struct {
-		live uint64
-		want int
+		live, prev uint64
+		want       int
 	}{
-		{0, 100},
-		{1 << 20, 100},       // a small heap collects as with the default
-		{Floor, 100},         // headroom Floor = 100 %
-		{2 * Floor, 50},      // then the floor, as a share
-		{3 * Floor, 34},      // rounded up: never under the floor
-		{4 * Floor, 25},      // down to MinPercent
-		{100 * Floor, 25},    // and no lower
-		{Floor*4 + 1, 25},    // just past
-		{Floor*4 - 4096, 26}, // just before
+		{0, 0, 100},
+		{1 << 20, 0, 100},              // a small heap collects as with the default
+		{Floor, 0, 100},                // headroom Floor = 100 %
+		{2 * Floor, 0, 50},             // then the floor, as a share
+		{3 * Floor, 0, 34},             // rounded up: never under the floor
+		{4 * Floor, 0, 25},             // down to MinPercent
+		{100 * Floor, 0, 25},           // and no lower
+		{Floor*4 + 1, 0, 25},           // just past
+		{Floor*4 - 4096, 0, 26},        // just before
+		{100 * Floor, 100 * Floor, 25}, // steady
+		{100 * Floor, 200 * Floor, 25}, // shrinking
+		{100 * Floor, 96 * Floor, 25},  // grown by 4 %: steady enough
+		{100 * Floor, 94 * Floor, 100}, // grown by 6 %: a storm, default headroom
+		{2 * Floor, Floor, 100},
 	} {
-		if got := Percent(c.live); got != c.want {
-			t.Errorf("Percent(%d) = %d, want %d", c.live, got, c.want)
+		if got := Percent(c.live, c.prev); got != c.want {
+			t.Errorf("Percent(%d, %d) = %d, want %d", c.live, c.prev, got, c.want)
 		}
+	}
+}
+
+func TestQuietAndWorthReleasing(t *testing.T) {
+	const live = 100 * Floor
+	for _, c := range []struct {
+		name          string
+		h             heapStats
+		rate          float64
+		quiet, worthy bool
+	}{
+		{"idle, little garbage", heapStats{live: live, sinceGC: Floor, free: Floor}, 1 << 20, true, false},
+		{"idle after a storm", heapStats{live: live, sinceGC: live / 2, free: Floor}, 1 << 20, true, true},
+		{"idle, free pages left", heapStats{live: live, free: live / 4}, 0, true, true},
+		{"busy", heapStats{live: live, sinceGC: live / 2}, live / 50, false, true},
+		{"small heap idle", heapStats{live: Floor / 2, sinceGC: Floor / 2}, 512 << 10, true, false},
+		{"small heap, a floor of garbage", heapStats{live: Floor / 2, sinceGC: Floor, free: 1}, 512 << 10, true, true},
+		{"small heap busy", heapStats{live: Floor / 2}, 2 << 20, false, false},
+	} {
+		if q := quiet(c.h, c.rate); q != c.quiet {
+			t.Errorf("%s: quiet = %v, want %v", c.name, q, c.quiet)
+		}
+		if w := worthReleasing(c.h); w != c.worthy {
+			t.Errorf("%s: worthReleasing = %v, want %v", c.name, w, c.worthy)
+		}
+	}
+}
+
+// TestQuietProcessReturnsItsMemory runs the real tuner: garbage left by a
+// burst (here 8 × Floor of it) is collected and its pages returned to the
+// system once the process has been quiet for QuietFor, without waiting for
+// the runtime's next collection.
+func TestQuietProcessReturnsItsMemory(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	runtime.GC()
+	stop := startTuner(50*time.Millisecond, nil)
+	defer stop()
+	runningMu.Lock()
+	tn := running
+	runningMu.Unlock()
+	if tn == nil {
+		t.Fatal("no tuner running")
+	}
+	released := func() uint64 {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/released:bytes"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	debug.SetGCPercent(-1) // the burst must not be collected by the runtime meanwhile
+	var burst [][]byte
+	for range 8 * Floor / (1 << 20) {
+		b := make([]byte, 1<<20)
+		b[0] = 1
+		burst = append(burst, b)
+	}
+	runtime.KeepAlive(burst)
+	burst = nil
+	before := released()
+	start := time.Now()
+	deadline := start.Add(QuietFor + 5*time.Second)
+	for {
+		runningMu.Lock()
+		n := tn.releases
+		runningMu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no release within %v of a quiet process holding %d MiB of garbage", time.Since(start), 8*Floor>>20)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if waited := time.Since(start); waited < QuietFor {
+		t.Errorf("released after %v, before the process was quiet for %v", waited, QuietFor)
+	}
+	if got := released() - before; got < 4*Floor {
+		t.Errorf("released %d MiB, want most of the %d MiB burst", got>>20, 8*Floor>>20)
 	}
 }
 

@@ -74,6 +74,10 @@ type Result struct {
 	ProcsAtReady []ProcStats `json:"procs_at_ready"`
 	// RSSGrowth is each process name's RSS growth over the connect phase.
 	RSSGrowth []RSSGrowth `json:"rss_growth"`
+	// RSSAtEnd is the growth from before the connect phase to the end of
+	// the measured one: with idle connections, what they cost once the
+	// servers have settled (a runtime may return a storm's garbage late).
+	RSSAtEnd []RSSGrowth `json:"rss_at_end"`
 	// Saturate: every step, the highest one held (nil: none) and why the
 	// ramp stopped.
 	Steps      []StepResult `json:"steps,omitempty"`
@@ -194,6 +198,7 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	}
 	smp.sample()
 	res.Procs = smp.result()
+	res.RSSAtEnd = rssGrowth(res.Procs, res.Subscribed)
 
 	if err := awaitFinals(workers); err != nil {
 		return nil, err
@@ -393,6 +398,10 @@ func (r *Result) Print(w io.Writer) {
 	for _, g := range r.RSSGrowth {
 		fmt.Fprintf(w, "rss growth  %s: %d process(es), %.1f → %.1f MiB over the connect phase = %.2f KiB per connection\n",
 			g.Name, g.Procs, float64(g.BeforeBytes)/(1<<20), float64(g.AfterBytes)/(1<<20), g.KiBPerConn)
+	}
+	for _, g := range r.RSSAtEnd {
+		fmt.Fprintf(w, "rss at end  %s: %.1f → %.1f MiB from before connecting to the end of the measured phase = %.2f KiB per connection\n",
+			g.Name, float64(g.BeforeBytes)/(1<<20), float64(g.AfterBytes)/(1<<20), g.KiBPerConn)
 	}
 	if len(r.ConnectErrors) > 0 {
 		keys := make([]string, 0, len(r.ConnectErrors))
