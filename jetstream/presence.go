@@ -3,6 +3,7 @@ package jetstream
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -349,3 +350,45 @@ func FormatPresenceDigest(d uint64) string { return strconv.FormatUint(d, 16) }
 
 // ParsePresenceDigest reads PresenceEdgeMsg.Digest.
 func ParsePresenceDigest(s string) (uint64, error) { return strconv.ParseUint(s, 16, 64) }
+
+// Marshal encodes m as json.Marshal does (the same keys in the same order,
+// the same fields omitted), without reflection for an event or a heartbeat:
+// an edge sends one per connection and per join, and encoding/json was a
+// twentieth of a connect storm's CPU. A snapshot part (Items) goes through
+// encoding/json.
+func (m *PresenceEdgeMsg) Marshal() ([]byte, error) {
+	if m.Items != nil {
+		return json.Marshal(m)
+	}
+	b := make([]byte, 0, 96+len(m.Edge)+len(m.Room)+len(m.User)+len(m.Digest))
+	b = append(b, `{"kind":`...)
+	b = protocol.AppendString(b, m.Kind)
+	b = append(b, `,"edge":`...)
+	b = protocol.AppendString(b, m.Edge)
+	b = strconv.AppendUint(append(b, `,"seq":`...), m.Seq, 10)
+	if m.Room != "" {
+		b = protocol.AppendString(append(b, `,"room":`...), m.Room)
+	}
+	if m.User != "" {
+		b = protocol.AppendString(append(b, `,"user":`...), m.User)
+	}
+	if m.Conns != 0 {
+		b = strconv.AppendInt(append(b, `,"conns":`...), int64(m.Conns), 10)
+	}
+	if m.Since != 0 {
+		b = strconv.AppendInt(append(b, `,"since":`...), m.Since, 10)
+	}
+	if m.Entries != 0 {
+		b = strconv.AppendInt(append(b, `,"entries":`...), int64(m.Entries), 10)
+	}
+	if m.Digest != "" {
+		b = protocol.AppendString(append(b, `,"digest":`...), m.Digest)
+	}
+	if m.Part != 0 {
+		b = strconv.AppendInt(append(b, `,"part":`...), int64(m.Part), 10)
+	}
+	if m.Final {
+		b = append(b, `,"final":true`...)
+	}
+	return append(b, '}'), nil
+}

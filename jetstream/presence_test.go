@@ -2,6 +2,7 @@ package jetstream_test
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"hash/fnv"
 	"testing"
@@ -93,6 +94,30 @@ func TestPresenceRecordValidate(t *testing.T) {
 	} {
 		if err := r.Validate(); err == nil {
 			t.Errorf("%s: %+v accepted", name, r)
+		}
+	}
+}
+
+// Marshal gives what json.Marshal gives, byte for byte (the strings here
+// hold nothing encoding/json alone would escape).
+func TestPresenceEdgeMsgMarshalIsJSONMarshal(t *testing.T) {
+	for _, m := range []pjs.PresenceEdgeMsg{
+		{},
+		{Kind: pjs.PresenceKindHello, Edge: "edge-1", Seq: 0},
+		{Kind: pjs.PresenceKindHeartbeat, Edge: "e", Seq: 1 << 63, Entries: 15000, Digest: "00ff"},
+		{Kind: "join", Edge: "e", Seq: 7, Room: "lobby", User: "ann \"the\" \\ one\n", Conns: 2, Since: 1767225600000},
+		{Kind: "leave", Edge: "e", Seq: 8, User: "bob", Conns: 0},
+		{Kind: "snapshot", Edge: "e", Seq: 9, Part: 3, Final: true, Entries: 2, Digest: "ab"},
+		{Kind: "snapshot", Edge: "e", Seq: 9, Part: 1, Items: []pjs.PresenceEntry{{Room: "r", User: "u", Conns: 1, Since: 5}}},
+		{Kind: "snapshot", Edge: "e", Seq: 9, Part: 1, Items: []pjs.PresenceEntry{}},
+	} {
+		got, err := m.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(m)
+		if string(got) != string(want) {
+			t.Errorf("Marshal    = %s\njson.Marshal = %s", got, want)
 		}
 	}
 }

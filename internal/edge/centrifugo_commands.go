@@ -134,7 +134,7 @@ func cfOpName(cmd *cfp.Command) string {
 func (c *Conn) cfReply(r *cfp.Reply) {
 	b, err := c.cf.encode(r)
 	if err != nil {
-		c.log.Error("encode reply", "err", err)
+		c.logger().Error("encode reply", "err", err)
 		return
 	}
 	c.deliver(b)
@@ -143,7 +143,7 @@ func (c *Conn) cfReply(r *cfp.Reply) {
 func (c *Conn) cfReplyErr(id uint32, err error) {
 	ce := cfErrorOf(err)
 	if ce.Code == cfErrInternal && !errors.Is(err, protocol.ErrUnavailable) {
-		c.log.Error("request failed", "err", err)
+		c.logger().Error("request failed", "err", err)
 	}
 	c.cfReply(&cfp.Reply{Id: id, Error: ce})
 }
@@ -181,7 +181,7 @@ func (c *Conn) cfPush(frame []byte) []byte {
 		Reason string `json:"reason"`
 	}
 	if err := json.Unmarshal(frame, &m); err != nil {
-		c.log.Error("translate a push", "err", err)
+		c.logger().Error("translate a push", "err", err)
 		return nil
 	}
 	push := &cfp.Push{Channel: m.Room}
@@ -209,7 +209,7 @@ func (c *Conn) cfPush(frame []byte) []byte {
 	}
 	b, err := c.cf.encode(&cfp.Reply{Push: push})
 	if err != nil {
-		c.log.Error("translate a push", "err", err)
+		c.logger().Error("translate a push", "err", err)
 		return nil
 	}
 	return b

@@ -54,8 +54,11 @@ type Conn struct {
 	e     *Edge
 	ws    *websocket.Conn
 	ident *auth.Identity
-	log   *slog.Logger
-	out   *outbox
+	// logp is the connection's logger, made on first use: most
+	// connections never log, and slog's With formats its attributes up
+	// front (a few hundred bytes and a twentieth of a connect storm's CPU).
+	logp atomic.Pointer[slog.Logger]
+	out  *outbox
 
 	// rooms is touched only by the request handler (while the reader waits
 	// for it) and by teardown, after both ended.
@@ -120,6 +123,18 @@ type Conn struct {
 	handled    chan struct{} // handler → reader: the frame is done
 }
 
+// logger is the connection's logger (conn and user attached).
+func (c *Conn) logger() *slog.Logger {
+	if l := c.logp.Load(); l != nil {
+		return l
+	}
+	l := c.e.log.With("conn", c.id, "user", c.ident.User)
+	if !c.logp.CompareAndSwap(nil, l) {
+		return c.logp.Load()
+	}
+	return l
+}
+
 func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn {
 	cfg := &e.cfg
 	c := &Conn{
@@ -127,7 +142,6 @@ func newConn(e *Edge, id uint64, ws *websocket.Conn, ident *auth.Identity) *Conn
 		e:        e,
 		ws:       ws,
 		ident:    ident,
-		log:      e.log.With("conn", id, "user", ident.User),
 		out:      newOutbox(cfg.MaxQueuedMsgs, cfg.MaxQueuedBytes, nil),
 		rooms:    make(map[string]*room),
 		reqLimit: rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst),
@@ -298,7 +312,7 @@ func (c *Conn) teardown() {
 	// Last, so the linger delays neither leaves nor presence; before
 	// connGone, so a drain ends with every socket closed.
 	c.closeSocket()
-	c.log.Debug("disconnected", "code", c.closeCode)
+	c.logger().Debug("disconnected", "code", c.closeCode)
 }
 
 // joinPersonal puts the connection in its user's DM topic and the broadcast

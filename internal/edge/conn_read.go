@@ -19,7 +19,7 @@ var errParked = errors.New("parked")
 func (c *Conn) readOn(woken bool) {
 	defer func() {
 		if v := recover(); v != nil {
-			c.e.recovered("read", v, c.log)
+			c.e.recovered("read", v, c.logger())
 			c.close(websocket.CloseInternalServerErr, "internal error")
 			c.teardown() // at most once: a panic inside teardown ends here
 		}
@@ -29,7 +29,7 @@ func (c *Conn) readOn(woken bool) {
 		return
 	}
 	if err != nil && !isExpectedClose(err) {
-		c.log.Debug("read ended", "err", err)
+		c.logger().Debug("read ended", "err", err)
 	}
 	c.teardown()
 }
@@ -52,7 +52,7 @@ func (c *Conn) park() bool {
 	a := p.prepare(c)
 	c.parked.Store(true) // from here on c may belong to another reader
 	if err := p.arm(c.rc, a); err != nil {
-		c.log.Debug("cannot park", "err", err)
+		c.logger().Debug("cannot park", "err", err)
 		// Take c back, unless a close's wake already did.
 		return !c.parked.CompareAndSwap(true, false)
 	}
@@ -181,7 +181,7 @@ func (c *Conn) strike() {
 	}
 	c.strikes++
 	if c.strikes > c.e.cfg.MaxStrikes {
-		c.log.Info("closing abusive connection", "strikes", c.strikes)
+		c.logger().Info("closing abusive connection", "strikes", c.strikes)
 		c.close(protocol.ClosePolicyViolation, "policy violation: too many rejected requests")
 	}
 }

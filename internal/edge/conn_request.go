@@ -118,9 +118,9 @@ func (c *Conn) reply(r protocol.Reply) {
 		c.cfReplyParley(r)
 		return
 	}
-	b, err := json.Marshal(r)
+	b, err := protocol.MarshalReply(&r)
 	if err != nil {
-		c.log.Error("encode reply", "err", err)
+		c.logger().Error("encode reply", "err", err)
 		return
 	}
 	c.deliver(b)
@@ -128,7 +128,7 @@ func (c *Conn) reply(r protocol.Reply) {
 
 func (c *Conn) replyErr(id int64, err error) {
 	if errors.Is(err, protocol.ErrInternal) || protocol.ErrorReply(0, err).Error.Code == protocol.CodeInternal {
-		c.log.Error("request failed", "err", err)
+		c.logger().Error("request failed", "err", err)
 	}
 	c.reply(protocol.ErrorReply(id, err))
 }

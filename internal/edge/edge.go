@@ -638,7 +638,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err := c.joinPersonal(); err != nil {
 		e.admit.release(lease)
 		e.metrics.ConnectsTotal.WithLabelValues("refused").Inc()
-		c.log.Warn("cannot serve a connection", "err", err)
+		c.logger().Warn("cannot serve a connection", "err", err)
 		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge cannot reach NATS; connect to another edge")
 		return
 	}
@@ -655,7 +655,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !e.register(c, lease) {
 		return
 	}
-	c.log.Debug("connected", "remote", r.RemoteAddr)
+	c.logger().Debug("connected", "remote", r.RemoteAddr)
 	// The connection lives on a goroutine of its own so that this handler
 	// returns: net/http then lets go of its per-connection state (request,
 	// buffered writer, the handler's deep stack), several KiB per idle

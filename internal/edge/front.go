@@ -41,6 +41,7 @@ type front struct {
 	log           *slog.Logger
 
 	toHTTP chan net.Conn
+	work   chan net.Conn // to an idle worker
 	done   chan struct{}
 	once   sync.Once
 	err    error // why accepting ended, once done is closed
@@ -54,6 +55,7 @@ func newFront(inner net.Listener, handler http.Handler, headerTimeout time.Durat
 	f := &front{
 		inner: inner, handler: handler, headerTimeout: headerTimeout, maxHeader: maxHeader, paths: paths, log: log,
 		toHTTP:  make(chan net.Conn),
+		work:    make(chan net.Conn),
 		done:    make(chan struct{}),
 		reading: map[net.Conn]struct{}{},
 	}
@@ -131,7 +133,36 @@ func (f *front) acceptLoop() {
 		}
 		delay = 0
 		f.handshake.Add(1)
-		go f.serve(c)
+		select {
+		case f.work <- c:
+		default:
+			go f.worker(c)
+		}
+	}
+}
+
+// workerIdle is how long a worker waits for another connection before it
+// ends.
+const workerIdle = 10 * time.Second
+
+// worker serves c, then the connections handed to it while it waits. A
+// request's path (upgrade, token check, the DM subscription, the 101) runs
+// deep: a new goroutine's stack grew and was copied three or four times per
+// connection, an eighth of a connect storm's CPU. A worker's stack is grown
+// already.
+func (f *front) worker(c net.Conn) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		f.serve(c)
+		idle.Reset(workerIdle)
+		select {
+		case c = <-f.work:
+		case <-idle.C:
+			return
+		case <-f.done:
+			return
+		}
 	}
 }
 

@@ -24,7 +24,7 @@ func (e *Edge) recovered(where string, v any, log *slog.Logger) {
 // (request handling, timers): a panic closes c with 1011, and only c.
 func (c *Conn) contain(where string) {
 	if v := recover(); v != nil {
-		c.e.recovered(where, v, c.log)
+		c.e.recovered(where, v, c.logger())
 		c.close(websocket.CloseInternalServerErr, "internal error")
 	}
 }

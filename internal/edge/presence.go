@@ -160,7 +160,7 @@ func (t *presenceTracker) close() {
 // failed publish only shows the worker a gap, which it repairs.
 func (t *presenceTracker) publishLocked(m pjs.PresenceEdgeMsg) {
 	m.Edge, m.Seq = t.cfg.EdgeID, t.seq
-	b, err := json.Marshal(m)
+	b, err := m.Marshal()
 	if err != nil {
 		t.log.Error("encode presence event", "err", err)
 		return

@@ -37,7 +37,7 @@ type subReply func(reply *protocol.Reply, replayed []Delivery) ([][]byte, error)
 // encodeSubReply is the Parley protocol's: the reply, then the messages'
 // push frames as they are.
 func encodeSubReply(reply *protocol.Reply, replayed []Delivery) ([][]byte, error) {
-	b, err := json.Marshal(reply)
+	b, err := protocol.MarshalReply(reply)
 	if err != nil {
 		return nil, err
 	}

@@ -106,6 +106,7 @@ func runDriven(ctx context.Context, spec Spec, workers []*workerProc, smp *sampl
 		res.Seconds = pr.seconds
 		smp.sample()
 		res.Procs = smp.result()
+		res.RSSAtEnd = rssGrowth(res.Procs, res.Subscribed)
 		finals, err := finish(workers)
 		if err != nil {
 			return err
@@ -158,6 +159,7 @@ func runDriven(ctx context.Context, spec Spec, workers []*workerProc, smp *sampl
 	res.Seconds = time.Since(began).Seconds()
 	smp.sample()
 	res.Procs = smp.result()
+	res.RSSAtEnd = rssGrowth(res.Procs, res.Subscribed)
 	finals, err := finish(workers)
 	if err != nil {
 		return err
