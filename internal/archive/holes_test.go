@@ -387,8 +387,9 @@ func TestHoleInUncommittedBatch(t *testing.T) {
 				return err
 			}
 			if !ok(info) {
-				return fmt.Errorf("consumer not %s yet: pending %d, ack pending %d, ack floor %d",
-					what, info.NumPending, info.NumAckPending, info.AckFloor.Stream)
+				return fmt.Errorf("consumer not %s yet: pending %d, ack pending %d, ack floor %d (consumer %d), delivered %d (consumer %d), redelivered %d",
+					what, info.NumPending, info.NumAckPending, info.AckFloor.Stream, info.AckFloor.Consumer,
+					info.Delivered.Stream, info.Delivered.Consumer, info.NumRedelivered)
 			}
 			return nil
 		})

@@ -806,8 +806,11 @@ func (e *Edge) refuseFull(w http.ResponseWriter) {
 	httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "edge is full; connect to another edge")
 }
 
+// httpError answers a refused request and closes the connection after it
+// (a refused client reconnects, perhaps elsewhere, rather than reuse it).
 func httpError(w http.ResponseWriter, status int, code protocol.Code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Connection", "close")
 	w.WriteHeader(status)
 	b := []byte(`{"error":{"code":"` + string(code) + `","message":`)
 	b = protocol.AppendString(b, msg)
