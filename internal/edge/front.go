@@ -43,6 +43,7 @@ type front struct {
 	toHTTP chan net.Conn
 	work   chan net.Conn // to an idle worker
 	done   chan struct{}
+	looped chan struct{} // closed when acceptLoop has returned
 	once   sync.Once
 	err    error // why accepting ended, once done is closed
 
@@ -56,6 +57,7 @@ func newFront(inner net.Listener, handler http.Handler, headerTimeout time.Durat
 		inner: inner, handler: handler, headerTimeout: headerTimeout, maxHeader: maxHeader, paths: paths, log: log,
 		toHTTP:  make(chan net.Conn),
 		work:    make(chan net.Conn),
+		looped:  make(chan struct{}),
 		done:    make(chan struct{}),
 		reading: map[net.Conn]struct{}{},
 	}
@@ -91,6 +93,11 @@ func (f *front) Addr() net.Addr { return f.inner.Addr() }
 
 // wait returns when every request read here has been served, or ctx ends.
 func (f *front) wait(ctx context.Context) error {
+	select { // no handshake.Add after this: the accept loop is over
+	case <-f.looped:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	done := make(chan struct{})
 	go func() { f.handshake.Wait(); close(done) }()
 	select {
@@ -113,6 +120,7 @@ func (f *front) stop(err error) {
 // acceptLoop accepts until the listener fails; like net/http it waits and
 // retries on temporary errors (out of file descriptors).
 func (f *front) acceptLoop() {
+	defer close(f.looped)
 	var delay time.Duration
 	for {
 		c, err := f.inner.Accept()
