@@ -76,7 +76,14 @@ func (h *holeMesh) stopArchiver() {
 // caughtUp waits until the archive consumer has nothing left to deliver and
 // nothing unacked: archivers ack only after commit, so everything the
 // stream still had for it is committed.
-func (h *holeMesh) caughtUp() {
+func (h *holeMesh) caughtUp() { h.caughtUpThrough(0) }
+
+// caughtUpThrough is caughtUp that also waits for the consumer to have
+// delivered stream sequence through: a consumer the archiver has only just
+// created can report nothing pending for a moment on a busy machine, which
+// let before() return with its messages never archived (and the next cut
+// then removed them unseen).
+func (h *holeMesh) caughtUpThrough(through uint64) {
 	h.t.Helper()
 	ctx := h.t.Context()
 	natstest.Eventually(h.t, 30*time.Second, func() error {
@@ -88,8 +95,9 @@ func (h *holeMesh) caughtUp() {
 		if err != nil {
 			return err
 		}
-		if info.NumPending != 0 || info.NumAckPending != 0 {
-			return fmt.Errorf("consumer pending %d, ack pending %d", info.NumPending, info.NumAckPending)
+		if info.NumPending != 0 || info.NumAckPending != 0 || info.Delivered.Stream < through {
+			return fmt.Errorf("consumer pending %d, ack pending %d, delivered through %d (want %d)",
+				info.NumPending, info.NumAckPending, info.Delivered.Stream, through)
 		}
 		return nil
 	})
@@ -286,7 +294,7 @@ func (h *holeMesh) before() []uint64 {
 	h.t.Helper()
 	h.m.publish(h.t, 1, "chat.room.cold")
 	seen := h.m.publish(h.t, 3, "chat.room.hot")
-	h.caughtUp()
+	h.caughtUpThrough(seen[len(seen)-1])
 	return seen
 }
 
