@@ -71,6 +71,26 @@ func (h *holeMesh) stopArchiver() {
 	if err := h.arch.stop(h.t); err != nil {
 		h.t.Fatal(err)
 	}
+	// The stopped archiver's last pull request may still be waiting on the
+	// server: a message published now would be delivered to it (to nobody)
+	// and reach the next archiver only after AckWait, by which time a cut
+	// may have removed it. Its connection is closed, so the server drops
+	// the request; wait for that.
+	ctx := h.t.Context()
+	natstest.Eventually(h.t, 10*time.Second, func() error {
+		c, err := h.m.js.Consumer(ctx, pjs.ChatStream, pjs.ArchiveConsumer)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumWaiting != 0 {
+			return fmt.Errorf("the stopped archiver's pull requests still wait: %d", info.NumWaiting)
+		}
+		return nil
+	})
 }
 
 // caughtUp waits until the archive consumer has nothing left to deliver and
