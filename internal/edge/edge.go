@@ -442,7 +442,8 @@ func (e *Edge) Start(ctx context.Context) error {
 	handler := e.guardHost(e.Handler())
 	if e.cfg.TLS == nil {
 		// WebSocket upgrades skip net/http (front.go).
-		e.front = newFront(ln, handler, headerTimeout, maxHeaderBytes, e.log, "GET /ws", "GET /connection/websocket")
+		e.front = newFront(ln, handler, headerTimeout, maxHeaderBytes, e.log,
+			func(v any) { e.recovered("upgrade", v, e.log) }, "GET /ws", "GET /connection/websocket")
 		ln = e.front
 	}
 	e.listener = ln

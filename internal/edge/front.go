@@ -39,6 +39,9 @@ type front struct {
 	maxHeader     int
 	paths         []string // request-line prefixes served here, e.g. "GET /ws"
 	log           *slog.Logger
+	// onPanic is told of a panic in the handler; the connection is closed
+	// and the worker goes on (net/http recovers its handlers' panics too).
+	onPanic func(v any)
 
 	toHTTP chan net.Conn
 	work   chan net.Conn // to an idle worker
@@ -52,9 +55,9 @@ type front struct {
 	handshake sync.WaitGroup        // requests read or served here
 }
 
-func newFront(inner net.Listener, handler http.Handler, headerTimeout time.Duration, maxHeader int, log *slog.Logger, paths ...string) *front {
+func newFront(inner net.Listener, handler http.Handler, headerTimeout time.Duration, maxHeader int, log *slog.Logger, onPanic func(any), paths ...string) *front {
 	f := &front{
-		inner: inner, handler: handler, headerTimeout: headerTimeout, maxHeader: maxHeader, paths: paths, log: log,
+		inner: inner, handler: handler, headerTimeout: headerTimeout, maxHeader: maxHeader, paths: paths, log: log, onPanic: onPanic,
 		toHTTP:  make(chan net.Conn),
 		work:    make(chan net.Conn),
 		looped:  make(chan struct{}),
@@ -262,6 +265,13 @@ func (f *front) serve(c net.Conn) {
 	_ = c.SetReadDeadline(time.Time{})
 	req.RemoteAddr = c.RemoteAddr().String()
 	w := &frontResponse{conn: c, fr: fr}
+	defer func() {
+		if v := recover(); v != nil {
+			// The reader is not returned: the handler may still hold it.
+			f.onPanic(v)
+			_ = c.Close()
+		}
+	}()
 	f.handler.ServeHTTP(w, req)
 	if w.hijacked {
 		if !w.keptReader {

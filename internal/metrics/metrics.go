@@ -70,8 +70,8 @@ type Edge struct {
 	// RoomCacheEvictions counts recent messages a room dropped (or did not
 	// keep) because of a byte bound, by bound: room or total.
 	RoomCacheEvictions *prometheus.CounterVec
-	// Panics counts recovered panics by where they happened (read, handle,
-	// write, dispatch, timer, replay): each one closed one connection (1011) or
+	// Panics counts recovered panics by where they happened (upgrade, read,
+	// handle, write, dispatch, timer, replay): each one closed one connection (1011) or
 	// dropped one live message, never the process.
 	Panics *prometheus.CounterVec
 	// ConnectedUsers and ConnectedAddrs count the distinct users and client
