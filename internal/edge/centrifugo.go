@@ -290,7 +290,7 @@ func (e *Edge) connectCentrifugo(ws *websocket.Conn, protobuf bool, addr netip.A
 		return
 	}
 	c.deliver(reply)
-	c.logger().Debug("connected", "protocol", "centrifugo", "remote", ws.RemoteAddr())
+	c.debug("connected", "protocol", "centrifugo", "remote", ws.RemoteAddr())
 	go e.runConn(c, ident)
 }
 

@@ -76,7 +76,7 @@ func (c *Conn) handleCentrifugoProtobuf(frame []byte) {
 }
 
 func (c *Conn) cfMalformed(err error) {
-	c.logger().Debug("malformed Protobuf frame", "err", err)
+	c.debug("malformed Protobuf frame", "err", err)
 	c.count("invalid", protocol.CodeBadRequest)
 	c.close(cfDisconnectBadRequest, "bad request: malformed command")
 }

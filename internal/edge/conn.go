@@ -123,6 +123,14 @@ type Conn struct {
 	handled    chan struct{} // handler → reader: the frame is done
 }
 
+// debug logs at debug level without making the connection's logger when
+// debug is off: every connection logs "connected" and "disconnected".
+func (c *Conn) debug(msg string, args ...any) {
+	if c.e.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.debug(msg, args...)
+	}
+}
+
 // logger is the connection's logger (conn and user attached).
 func (c *Conn) logger() *slog.Logger {
 	if l := c.logp.Load(); l != nil {
@@ -312,7 +320,7 @@ func (c *Conn) teardown() {
 	// Last, so the linger delays neither leaves nor presence; before
 	// connGone, so a drain ends with every socket closed.
 	c.closeSocket()
-	c.logger().Debug("disconnected", "code", c.closeCode)
+	c.debug("disconnected", "code", c.closeCode)
 }
 
 // joinPersonal puts the connection in its user's DM topic and the broadcast

@@ -29,7 +29,7 @@ func (c *Conn) readOn(woken bool) {
 		return
 	}
 	if err != nil && !isExpectedClose(err) {
-		c.logger().Debug("read ended", "err", err)
+		c.debug("read ended", "err", err)
 	}
 	c.teardown()
 }
@@ -52,7 +52,7 @@ func (c *Conn) park() bool {
 	a := p.prepare(c)
 	c.parked.Store(true) // from here on c may belong to another reader
 	if err := p.arm(c.rc, a); err != nil {
-		c.logger().Debug("cannot park", "err", err)
+		c.debug("cannot park", "err", err)
 		// Take c back, unless a close's wake already did.
 		return !c.parked.CompareAndSwap(true, false)
 	}

@@ -85,7 +85,7 @@ func (c *Conn) schedulePing() {
 		// A parked connection has no read deadline: silence is checked
 		// here. A live client answers pings, which moves lastRead.
 		if silent := time.Since(c.fr.lastRead()); silent > c.e.cfg.ReadTimeout {
-			c.logger().Debug("read timeout", "silent", silent)
+			c.debug("read timeout", "silent", silent)
 			c.close(websocket.CloseGoingAway, "no frame or pong within the read timeout")
 			return
 		}
@@ -110,7 +110,7 @@ func (c *Conn) stopPing() {
 // socket is failing or full.
 func (c *Conn) writeFailed(err error) {
 	c.close(websocket.CloseAbnormalClosure, "")
-	c.logger().Debug("write failed", "err", err, "close_code", c.closeCode)
+	c.debug("write failed", "err", err, "close_code", c.closeCode)
 	c.e.metrics.Disconnects.WithLabelValues(closeReason(c.closeCode)).Inc()
 	c.ws.Close()
 	c.markDone()

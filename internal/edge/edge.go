@@ -656,7 +656,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !e.register(c, lease) {
 		return
 	}
-	c.logger().Debug("connected", "remote", r.RemoteAddr)
+	c.debug("connected", "remote", r.RemoteAddr)
 	// The connection lives on a goroutine of its own so that this handler
 	// returns: net/http then lets go of its per-connection state (request,
 	// buffered writer, the handler's deep stack), several KiB per idle

@@ -291,11 +291,10 @@ func (f *front) isUpgrade(br *bufio.Reader) (bool, error) {
 		b := peekBuffered(br)
 		undecided := false
 		for _, p := range f.paths {
-			n := min(len(b), len(p)+1)
-			if string(b[:min(n, len(p))]) != p[:min(n, len(p))] {
+			if m := min(len(b), len(p)); string(b[:m]) != p[:m] {
 				continue
 			}
-			if len(b) <= len(p) {
+			if len(b) <= len(p) { // a prefix of p so far: read on
 				undecided = true
 				continue
 			}

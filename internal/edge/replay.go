@@ -132,7 +132,7 @@ func (c *Conn) startReplay(r *room, room string, since, upTo uint64, plan *resum
 			c.logger().Warn("long resume failed; closing the connection so that the client resumes", "room", room, "since", since, "replayed", n, "err", err)
 			c.close(protocol.CloseTryAgainLater, "resume interrupted: reconnect and resume with since")
 		default:
-			c.logger().Debug("long resume ended", "room", room, "since", since, "replayed", n, "result", result, "seconds", time.Since(began).Seconds())
+			c.debug("long resume ended", "room", room, "since", since, "replayed", n, "result", result, "seconds", time.Since(began).Seconds())
 		}
 	}()
 }

@@ -198,7 +198,7 @@ func Run(ctx context.Context, spec Spec, exe string, log io.Writer) (*Result, er
 	}
 	smp.sample()
 	res.Procs = smp.result()
-	res.RSSAtEnd = rssGrowth(res.Procs, res.Subscribed)
+	res.RSSAtEnd = rssGrowth(res.Procs, res.established())
 
 	if err := awaitFinals(workers); err != nil {
 		return nil, err
@@ -275,10 +275,7 @@ func connectPhase(ctx context.Context, spec Spec, workers []*workerProc, smp *sa
 	}
 	res.Connected = total(workers, func(r report) int { return r.Counts.Connected })
 	res.Subscribed = total(workers, func(r report) int { return r.Counts.Subscribed })
-	established := res.Subscribed
-	if spec.Scenario == Publish {
-		established = res.Connected // publishers do not subscribe
-	}
+	established := res.established()
 	if res.ConnectSeconds > 0 {
 		res.ConnectsPerS = float64(established) / res.ConnectSeconds
 	}
@@ -290,6 +287,15 @@ func connectPhase(ctx context.Context, spec Spec, workers []*workerProc, smp *sa
 		fmt.Fprintf(log, "  %s\n", p)
 	}
 	return nil
+}
+
+// established is how many connections the run set up: subscribed ones,
+// or connected ones for publishers (they do not subscribe).
+func (r *Result) established() int {
+	if r.Spec.Scenario == Publish {
+		return r.Connected
+	}
+	return r.Subscribed
 }
 
 // RSSGrowth is what the processes of one name grew by over the connect

@@ -106,7 +106,7 @@ func runDriven(ctx context.Context, spec Spec, workers []*workerProc, smp *sampl
 		res.Seconds = pr.seconds
 		smp.sample()
 		res.Procs = smp.result()
-		res.RSSAtEnd = rssGrowth(res.Procs, res.Subscribed)
+		res.RSSAtEnd = rssGrowth(res.Procs, res.established())
 		finals, err := finish(workers)
 		if err != nil {
 			return err
@@ -159,7 +159,7 @@ func runDriven(ctx context.Context, spec Spec, workers []*workerProc, smp *sampl
 	res.Seconds = time.Since(began).Seconds()
 	smp.sample()
 	res.Procs = smp.result()
-	res.RSSAtEnd = rssGrowth(res.Procs, res.Subscribed)
+	res.RSSAtEnd = rssGrowth(res.Procs, res.established())
 	finals, err := finish(workers)
 	if err != nil {
 		return err
